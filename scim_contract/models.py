@@ -1,0 +1,143 @@
+"""Typed views of the custom resources' spec and status, field for field as in ``crds/``.
+
+``tests/test_contract.py`` checks that these models and the CRD schemas name the same fields, so the
+manifests and the code cannot drift apart."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    # Unknown fields are an error: the CRD schema would prune them silently.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Name(_Model):
+    formatted: str | None = None
+    familyName: str | None = None
+    givenName: str | None = None
+    middleName: str | None = None
+    honorificPrefix: str | None = None
+    honorificSuffix: str | None = None
+
+
+class MultiValued(_Model):
+    value: str | None = None
+    display: str | None = None
+    type: str | None = None
+    primary: bool | None = None
+
+
+class Address(_Model):
+    formatted: str | None = None
+    streetAddress: str | None = None
+    locality: str | None = None
+    region: str | None = None
+    postalCode: str | None = None
+    country: str | None = None
+    type: str | None = None
+    primary: bool | None = None
+
+
+class Manager(_Model):
+    value: str | None = None
+    displayName: str | None = None
+
+
+class Enterprise(_Model):
+    employeeNumber: str | None = None
+    costCenter: str | None = None
+    organization: str | None = None
+    division: str | None = None
+    department: str | None = None
+    manager: Manager | None = None
+
+
+class ScimUserSpec(_Model):
+    userName: str = Field(min_length=1)
+    externalId: str | None = None
+    active: bool = True
+    displayName: str | None = None
+    nickName: str | None = None
+    profileUrl: str | None = None
+    title: str | None = None
+    userType: str | None = None
+    preferredLanguage: str | None = None
+    locale: str | None = None
+    timezone: str | None = None
+    name: Name | None = None
+    emails: list[MultiValued] | None = None
+    phoneNumbers: list[MultiValued] | None = None
+    ims: list[MultiValued] | None = None
+    photos: list[MultiValued] | None = None
+    entitlements: list[MultiValued] | None = None
+    roles: list[MultiValued] | None = None
+    x509Certificates: list[MultiValued] | None = None
+    addresses: list[Address] | None = None
+    enterprise: Enterprise | None = None
+
+    def primary_email(self) -> str | None:
+        """The primary email, else the first one, else userName when it looks like an address."""
+        emails = [e for e in self.emails or [] if e.value]
+        for email in emails:
+            if email.primary:
+                return email.value
+        if emails:
+            return emails[0].value
+        return self.userName if "@" in self.userName else None
+
+
+class ScimGroupSpec(_Model):
+    displayName: str = Field(min_length=1)
+    externalId: str | None = None
+
+
+class ScimMemberShardSpec(_Model):
+    group: str
+    shard: int
+    users: list[str] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list)
+
+
+class ScimNameClaimSpec(_Model):
+    resourceKind: Literal["User", "Group"]
+    value: str
+    owner: str
+
+
+class Condition(_Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str | None = None
+    message: str | None = None
+    lastTransitionTime: str | None = None
+    observedGeneration: int | None = None
+
+
+class LiteLLMUserRef(_Model):
+    userId: str | None = None
+    blockedKeys: list[str] | None = None
+
+
+class LiteLLMTeamRef(_Model):
+    teamId: str | None = None
+    members: int | None = None
+
+
+class ScimUserStatus(_Model):
+    observedGeneration: int | None = None
+    lastSyncTime: str | None = None
+    groups: int | None = None
+    litellm: LiteLLMUserRef | None = None
+    conditions: list[Condition] | None = None
+
+
+class ScimGroupStatus(_Model):
+    observedGeneration: int | None = None
+    lastSyncTime: str | None = None
+    members: int | None = None
+    litellm: LiteLLMTeamRef | None = None
+    conditions: list[Condition] | None = None
