@@ -46,7 +46,7 @@ def say(message: str = "") -> None:
 
 
 @contextlib.contextmanager
-def _progress(label: str, every: float = 10.0) -> Iterator[None]:
+def _progress(label: str, doing: str, every: float = 10.0) -> Iterator[None]:
     """Print ``label`` now and a "still ..." line every few seconds until the block finishes, so a
     slow first start (LiteLLM installs itself, about 80 s) never looks like a hang."""
     say(f"{label} ...")
@@ -55,7 +55,7 @@ def _progress(label: str, every: float = 10.0) -> Iterator[None]:
 
     def tick() -> None:
         while not done.wait(every):
-            say(f"  ... still {label[0].lower()}{label[1:]} ({time.monotonic() - started:.0f} s)")
+            say(f"  ... still {doing} ({time.monotonic() - started:.0f} s)")
 
     ticker = threading.Thread(target=tick, daemon=True)
     ticker.start()
@@ -119,7 +119,8 @@ class Dev:
     # --- setup ---------------------------------------------------------------------------------
 
     def find_cluster(self) -> peers.KubeCluster:
-        with _progress("Looking for a Kubernetes cluster (else starting a local API server)"):
+        with _progress("Looking for a Kubernetes cluster (else starting a local API server)",
+                       "looking for or starting a Kubernetes API server"):
             try:
                 cluster = peers.find_or_start_cluster(self.state_dir / "k8s")
             except subprocess.CalledProcessError as exc:
@@ -139,7 +140,7 @@ class Dev:
         else:
             label = ("Starting a local LiteLLM proxy with PostgreSQL (about 30 s; the very first time "
                      "about 80 s more to install it)")
-        with _progress(label):
+        with _progress(label, "starting LiteLLM"):
             try:
                 litellm = peers.find_or_start_litellm()
             except subprocess.CalledProcessError as exc:
