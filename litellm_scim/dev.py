@@ -46,24 +46,40 @@ def say(message: str = "") -> None:
 
 
 @contextlib.contextmanager
-def _progress(label: str, doing: str, every: float = 10.0) -> Iterator[None]:
+def _progress(label: str, doing: str, stop: threading.Event, every: float = 10.0) -> Iterator[None]:
     """Print ``label`` now and a "still ..." line every few seconds until the block finishes, so a
-    slow first start (LiteLLM installs itself, about 80 s) never looks like a hang."""
+    slow first start (LiteLLM installs itself, about 80 s) never looks like a hang.
+
+    Ctrl-C meanwhile only sets ``stop``: the kits' scripts run in this terminal's process group, and a
+    proxy or API server interrupted halfway would keep running unseen (or stay half-installed). So
+    SIGINT is blocked while the block runs (the kits' processes inherit that) and taken here instead."""
     say(f"{label} ...")
     done = threading.Event()
-    started = time.monotonic()
+    started = last = time.monotonic()
+    in_main = threading.current_thread() is threading.main_thread()
 
     def tick() -> None:
-        while not done.wait(every):
-            say(f"  ... still {doing} ({time.monotonic() - started:.0f} s)")
+        nonlocal last
+        while not done.is_set():
+            got = signal.sigtimedwait({signal.SIGINT}, 0.25) if in_main else done.wait(0.25)
+            if got and in_main and not stop.is_set():
+                say("Ctrl-C: stopping as soon as this step is done (interrupting it would leave processes behind)")
+                stop.set()
+            if time.monotonic() - last >= every and not done.is_set():
+                last = time.monotonic()
+                say(f"  ... still {doing} ({last - started:.0f} s)")
 
-    ticker = threading.Thread(target=tick, daemon=True)
+    if in_main:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    ticker = threading.Thread(target=tick, daemon=True)  # inherits the blocked SIGINT and waits for it
     ticker.start()
     try:
         yield
     finally:
         done.set()
         ticker.join()
+        if in_main:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _port_free(port: int) -> bool:
@@ -120,7 +136,7 @@ class Dev:
 
     def find_cluster(self) -> peers.KubeCluster:
         with _progress("Looking for a Kubernetes cluster (else starting a local API server)",
-                       "looking for or starting a Kubernetes API server"):
+                       "looking for or starting a Kubernetes API server", self.stop_requested):
             try:
                 cluster = peers.find_or_start_cluster(self.state_dir / "k8s")
             except subprocess.CalledProcessError as exc:
@@ -140,7 +156,7 @@ class Dev:
         else:
             label = ("Starting a local LiteLLM proxy with PostgreSQL (about 30 s; the very first time "
                      "about 80 s more to install it)")
-        with _progress(label, "starting LiteLLM"):
+        with _progress(label, "starting LiteLLM", self.stop_requested):
             try:
                 litellm = peers.find_or_start_litellm()
             except subprocess.CalledProcessError as exc:
