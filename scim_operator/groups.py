@@ -16,7 +16,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from scim_contract import GROUP, ScimGroupSpec
+from scim_contract import GROUP, USER, ScimGroupSpec
 from scim_operator import metrics
 from scim_operator.context import NotOwned, Operator, failure_reason, retry_later
 from scim_operator.litellm_api import LiteLLMError
@@ -289,6 +289,7 @@ async def shard_changed(op: Operator, view: View, event_type: str | None, body: 
             else:
                 op.memory.applied_shards[shard] = users
                 if adds or removes:
+                    _count_groups_later(op, view, sorted(users ^ old))
                     target = await op.resources.update_status(GROUP, group, _ok(team_id, view, group))
                     metrics.RECONCILES.labels("membership", "ok").inc()
                     if target is not None:
@@ -308,6 +309,23 @@ async def shard_changed(op: Operator, view: View, event_type: str | None, body: 
                             )
                 return
         await asyncio.sleep(delay)
+
+
+def _count_groups_later(op: Operator, view: View, names: list[str]) -> None:
+    """Refresh status.groups of users whose memberships changed, off the membership path."""
+
+    async def refresh() -> None:
+        for name in names:
+            if not view.user_exists(name):
+                continue
+            async with op.memory.lock("user", name):
+                await op.resources.update_status(
+                    USER, name, lambda st, _o, n=name: {**st, "groups": len(view.groups_of(n))}  # type: ignore[misc]
+                )
+
+    task = asyncio.create_task(refresh())
+    op.memory.background.add(task)
+    task.add_done_callback(op.memory.background.discard)
 
 
 async def check_drift(op: Operator, view: View, body: Any) -> None:

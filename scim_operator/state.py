@@ -40,6 +40,8 @@ class Memory:
     # ScimMemberShard name -> the users it listed when its difference was last applied.
     applied_shards: dict[str, frozenset[str]] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # Fire-and-forget bookkeeping tasks, referenced so they are not garbage-collected mid-flight.
+    background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def lock(self, kind: str, name: str) -> asyncio.Lock:
         """Serialises everything the operator does for one resource (handler, drift timer, shards)."""
