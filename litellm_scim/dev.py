@@ -226,7 +226,8 @@ class Dev:
         ], operator_env)
         return operator, probe_port
 
-    def wait_ready(self, url: str, child: Child, timeout: float = READY_TIMEOUT) -> bool:
+    def wait_ready(self, url: str, timeout: float = READY_TIMEOUT) -> bool:
+        """True once ``url`` answers 2xx; False when a child died, a stop was requested or time ran out."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self.stop_requested.is_set():
             if self.dead_child() is not None:
@@ -267,10 +268,9 @@ class Dev:
 
         say("Starting the SCIM endpoint and the operator ...")
         operator, probe_port = self.start_children(cluster.kubeconfig, litellm)
-        endpoint = self.children[0]
-        if not self.wait_ready(f"http://127.0.0.1:{self.port}/readyz", endpoint):
+        if not self.wait_ready(f"http://127.0.0.1:{self.port}/readyz"):
             return self.failed() if not self.stop_requested.is_set() else 0
-        if not self.wait_ready(f"http://127.0.0.1:{probe_port}/healthz", operator, timeout=30.0):
+        if not self.wait_ready(f"http://127.0.0.1:{probe_port}/healthz", timeout=30.0):
             if self.stop_requested.is_set():
                 return 0
             if self.dead_child() is not None:
