@@ -246,3 +246,15 @@ def test_invalid_names(name: str) -> None:
     with pytest.raises(tokens.TokenError):
         tokens.check_name(name)
 
+
+
+def test_token_infos_orders_by_creation_and_marks_hand_made_entries() -> None:
+    raw = {"metadata": {"annotations": {
+        "tokens.scim.litellm-operator.dev/new": "2026-11-29T10:00:00Z",
+        "tokens.scim.litellm-operator.dev/old": "2026-01-01T00:00:00Z",
+    }}, "data": {"new": _b64("scim_1"), "old": _b64("scim_2"), "by-hand": _b64("scim_3")}}
+    assert tokens.token_infos(raw) == [
+        tokens.TokenInfo("by-hand", None),
+        tokens.TokenInfo("old", "2026-01-01T00:00:00Z"),
+        tokens.TokenInfo("new", "2026-11-29T10:00:00Z"),
+    ]
