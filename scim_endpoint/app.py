@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -283,6 +284,16 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     return web.json_response({"ready": ready}, status=200 if ready else 503)
 
 
+def _path(endpoint: str, rest: str = "") -> str:
+    """A route under the base path whose endpoint name matches in any case and that tolerates a
+    trailing slash, as several IdP clients send ``/users`` or ``/Users/?filter=``."""
+    name = "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in endpoint)
+    path = f"{BASE}/{{endpoint:{name}}}"
+    if rest:
+        path += f"/{rest}"
+    return path + "{slash:/?}"
+
+
 def create_app(store: Store, tokens: Tokens, *, max_results: int = 1000, max_body_bytes: int = 1_048_576,
                base_url: str | None = None, metrics: Metrics | None = None) -> web.Application:
     app = web.Application(middlewares=[observe, scim_errors, authenticate], client_max_size=max_body_bytes)
@@ -295,19 +306,22 @@ def create_app(store: Store, tokens: Tokens, *, max_results: int = 1000, max_bod
     r = app.router
     for resource_type, plural in (("User", "Users"), ("Group", "Groups")):
         create, get, list_, search, replace, patch_, delete = _collection(resource_type)
-        r.add_post(f"{BASE}/{plural}", create)
-        r.add_get(f"{BASE}/{plural}", list_, allow_head=False)
-        r.add_post(f"{BASE}/{plural}/.search", search)
-        r.add_get(f"{BASE}/{plural}/{{id}}", get, allow_head=False)
-        r.add_put(f"{BASE}/{plural}/{{id}}", replace)
-        r.add_patch(f"{BASE}/{plural}/{{id}}", patch_)
-        r.add_delete(f"{BASE}/{plural}/{{id}}", delete)
-    r.add_post(f"{BASE}/.search", root_search)
-    r.add_get(f"{BASE}/ServiceProviderConfig", service_provider_config, allow_head=False)
-    r.add_get(f"{BASE}/Schemas", schemas, allow_head=False)
-    r.add_get(f"{BASE}/Schemas/{{id}}", schema_by_id, allow_head=False)
-    r.add_get(f"{BASE}/ResourceTypes", resource_types, allow_head=False)
-    r.add_get(f"{BASE}/ResourceTypes/{{id}}", resource_type_by_id, allow_head=False)
+        collection, item = _path(plural), _path(plural, "{id:[^/]+}")
+        r.add_post(collection, create)
+        r.add_get(collection, list_, allow_head=False)
+        r.add_post(_path(plural, ".search"), search)
+        r.add_get(item, get, allow_head=False)
+        r.add_put(item, replace)
+        r.add_patch(item, patch_)
+        r.add_delete(item, delete)
+    r.add_post(_path(".search"), root_search)
+    # "serviceConfiguration" is what Microsoft's SCIM reference client asks for.
+    r.add_get(_path("ServiceProviderConfig"), service_provider_config, allow_head=False)
+    r.add_get(_path("serviceConfiguration"), service_provider_config, allow_head=False)
+    r.add_get(_path("Schemas"), schemas, allow_head=False)
+    r.add_get(_path("Schemas", "{id:[^/]+}"), schema_by_id, allow_head=False)
+    r.add_get(_path("ResourceTypes"), resource_types, allow_head=False)
+    r.add_get(_path("ResourceTypes", "{id:[^/]+}"), resource_type_by_id, allow_head=False)
     r.add_get("/healthz", healthz, allow_head=False)
     r.add_get("/readyz", readyz, allow_head=False)
     return app
