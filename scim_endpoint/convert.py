@@ -89,6 +89,8 @@ def normalize(attr: Attr, value: Any, where: str) -> Any:
         items = value if isinstance(value, list) else [value]
         out: list[Any] = []
         for i, item in enumerate(items):
+            if attr.name == "members" and isinstance(item, dict) and not _value_of(item):
+                raise invalid(f"{where}[{i}].value is required: a member is identified by its id")
             norm = _normalize_single(attr, item, f"{where}[{i}]")
             if norm is not None and norm not in out:
                 out.append(norm)
@@ -103,6 +105,10 @@ def normalize(attr: Attr, value: Any, where: str) -> Any:
             raise invalid(f"{where} is single-valued, got a list of {len(value)}")
         value = value[0]
     return _normalize_single(attr, value, where)
+
+
+def _value_of(item: Mapping[str, Any]) -> Any:
+    return next((v for k, v in item.items() if isinstance(k, str) and k.lower() == "value"), None)
 
 
 def _normalize_single(attr: Attr, value: Any, where: str) -> Any:
