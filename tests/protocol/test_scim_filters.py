@@ -253,3 +253,23 @@ def test_unknown_projection_names_are_ignored_and_password_never_returned() -> N
 def test_no_projection_returns_everything() -> None:
     assert project(USERS[0], None, None, "User") == USERS[0]
     assert project(USERS[0], [], [], "User") == USERS[0]
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ("userName sw A", ["u1"]),
+        ("meta.Created gt 2015-10-10T14:38:21.8617979-07:00", ["u1", "u2", "u3"]),
+        ("name.FamilyName eq Employee and (emails.Value co example.com or emails.Value co example.org)", ["u2"]),
+        ('displayName eq "carol" or title eq Engineer', ["u1", "u3"]),
+    ],
+)
+def test_unquoted_values_from_microsofts_suite(expr: str, expected: list[str]) -> None:
+    assert ids(expr) == expected
+
+
+@pytest.mark.parametrize("expr", ["userName regex A", "userName eq A B", "userName eq A)", "active gt x"])
+def test_unquoted_values_do_not_rescue_invalid_filters(expr: str) -> None:
+    with pytest.raises(ScimError) as info:
+        compile_filter(expr, "User")
+    assert info.value.scim_type == "invalidFilter"
