@@ -410,13 +410,6 @@ def group_to_spec(group: Mapping[str, Any]) -> dict[str, Any]:
     return _pick(group, ("displayName", "externalId"))
 
 
-def _base_url(meta: Mapping[str, Any], collection: str) -> str | None:
-    location = meta.get("location")
-    if isinstance(location, str) and f"/{collection}/" in location:
-        return location.rsplit(f"/{collection}/", 1)[0]
-    return None
-
-
 def user_to_scim(
     spec: Mapping[str, Any], id: str, meta: dict[str, Any], groups: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
@@ -447,19 +440,11 @@ def user_to_scim(
 def group_to_scim(
     spec: Mapping[str, Any], id: str, meta: dict[str, Any], members: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The full SCIM Group of a stored spec and its members (``{"value", "type"[, "display", "$ref"]}``;
-    a missing ``$ref`` is derived from ``meta.location``)."""
+    """The full SCIM Group of a stored spec and its members, each with the ``value``, ``type``, ``display``
+    and ``$ref`` it was given (nothing derived: a client reads back the members as it wrote them)."""
     out: dict[str, Any] = {"schemas": [GROUP_URN], "id": id}
     out.update(_pick(spec, ("displayName", "externalId")))
     if members:
-        base = _base_url(meta, "Groups")
-        rendered = []
-        for member in members:
-            item = _pick(member, ("value", "$ref", "display", "type"))
-            if "$ref" not in item and base and item.get("value"):
-                collection = "Groups" if item.get("type") == "Group" else "Users"
-                item["$ref"] = f"{base}/{collection}/{item['value']}"
-            rendered.append(item)
-        out["members"] = rendered
+        out["members"] = [_pick(m, ("value", "$ref", "display", "type")) for m in members]
     out["meta"] = meta
     return out

@@ -263,17 +263,19 @@ def test_bad_group_bodies(body: dict[str, Any]) -> None:
     _error(group_from_request, body)
 
 
-def test_group_to_scim_renders_members_with_refs() -> None:
+def test_group_to_scim_renders_members_as_given() -> None:
     meta = {"resourceType": "Group", "location": "https://h/scim/v2/Groups/g1"}
-    out = group_to_scim({"displayName": "G"}, "g1", meta,
-                        [{"value": "u1", "type": "User", "display": "Alice"}, {"value": "g2", "type": "Group"}])
+    out = group_to_scim({"displayName": "G", "externalId": "e"}, "g1", meta,
+                        [{"value": "u1", "type": "User", "display": "Alice", "$ref": "https://h/scim/v2/Users/u1"},
+                         {"value": "g2", "type": "Group", "extra": "dropped"}])
     assert out == {
         "schemas": [GROUP_URN],
         "id": "g1",
         "displayName": "G",
+        "externalId": "e",
         "members": [
             {"value": "u1", "type": "User", "display": "Alice", "$ref": "https://h/scim/v2/Users/u1"},
-            {"value": "g2", "type": "Group", "$ref": "https://h/scim/v2/Groups/g2"},
+            {"value": "g2", "type": "Group"},
         ],
         "meta": meta,
     }
