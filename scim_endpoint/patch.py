@@ -259,7 +259,10 @@ class _Patcher:
             return  # password: accepted, never stored
         if attr.read_only or (t.sub is not None and t.sub.read_only):
             raise _mutability(f"{t.text} is read-only")
-        if t.sub is not None and t.sub.mutability == "immutable" and op != "add":
+        # An immutable value may only be added where there is none (RFC 7644 section 3.5.2); without a
+        # filter, members.value would rewrite every member.
+        immutable = t.sub is not None and t.sub.mutability == "immutable"
+        if immutable and (op != "add" or (t.select is None and attr.multi_valued)):
             raise _mutability(f"{t.text} is immutable")
         if op != "remove" and value is None:
             op, has_value = "remove", False  # replace with null: unassign
@@ -281,10 +284,13 @@ class _Patcher:
             else:
                 current = container.setdefault(attr.name, [])
                 seen = {_identity(i, attr) for i in current}
+                added = []
                 for item in items:
-                    if _identity(item, attr) not in seen:
+                    if _identity(item, attr) not in seen:  # already there: no change (section 3.5.2.1)
                         seen.add(_identity(item, attr))
-                        current.append(item)
+                        added.append(item)
+                current.extend(added)
+                items = added
             _single_primary(container.get(attr.name), items)
         elif attr.is_complex:
             norm = convert.normalize(attr, value, attr.name) or {}
@@ -333,6 +339,8 @@ class _Patcher:
         if t.sub is not None:
             norm = convert.normalize(t.sub, value, f"{t.attr.name}.{t.sub.name}")
             for item in matched:
+                if t.sub.mutability == "immutable" and item.get(t.sub.name) not in (None, norm):
+                    raise _mutability(f"{t.text} is immutable and already set")
                 item[t.sub.name] = norm
             if t.sub.name == "primary" and norm is True:
                 _single_primary(items, matched)

@@ -331,6 +331,8 @@ def test_bad_user_patches(body: Any, scim_type: str) -> None:
         (ops({"op": "replace", "path": 'members[value eq "u1"].value', "value": "u2"}), "mutability"),
         (ops({"op": "replace", "path": 'members[value eq "u1"].display', "value": "x"}), "mutability"),
         (ops({"op": "add", "path": "userName", "value": "x"}), "invalidPath"),
+        (ops({"op": "add", "path": "members.value", "value": "u2"}), "mutability"),
+        (ops({"op": "add", "path": 'members[value eq "u1"].type', "value": "Group"}), "mutability"),
     ],
 )
 def test_bad_group_patches(body: Any, scim_type: str) -> None:
@@ -341,3 +343,33 @@ def test_bad_group_patches(body: Any, scim_type: str) -> None:
 def test_schemas_and_group_type_in_result() -> None:
     out = apply_patch(make_group(), ops({"op": "add", "path": "externalId", "value": "e2"}), "Group")
     assert out["schemas"] == [GROUP_URN] and out["externalId"] == "e2" and out["meta"] == GROUP_META
+
+
+def test_adding_an_existing_primary_value_keeps_it_primary() -> None:
+    user = make_user(emails=[{"value": "a@x", "primary": True}, {"value": "b@x"}])
+    out = apply_patch(user, ops({"op": "add", "path": "emails", "value": [{"value": "a@x", "primary": True}]}),
+                      "User")
+    assert out["emails"] == [{"value": "a@x", "primary": True}, {"value": "b@x"}]
+
+
+def test_typing_a_new_member_through_a_filter_path() -> None:
+    out = apply_patch(make_group(), ops({"op": "add", "path": 'members[value eq "g7"].type', "value": "group"}),
+                      "Group")
+    assert out["members"] == [{"value": "g7", "type": "Group"}]
+
+
+def test_entra_address_sub_attributes_build_one_work_address() -> None:
+    body = ops(
+        {"op": "Add", "path": 'addresses[type eq "work"].streetAddress', "value": "1 Main St"},
+        {"op": "Add", "path": 'addresses[type eq "work"].locality', "value": "Springfield"},
+        {"op": "Add", "path": 'addresses[type eq "work"].postalCode', "value": "12345"},
+        {"op": "Replace", "path": 'phoneNumbers[type eq "mobile"].value', "value": "+1 555"},
+        {"op": "Add", "path": "roles", "value": [{"primary": "True", "type": "WindowsAzureActiveDirectoryRole",
+                                                  "value": "Admin"}]},
+    )
+    out = apply_patch(make_user(), body, "User")
+    assert out["addresses"] == [{"type": "work", "streetAddress": "1 Main St", "locality": "Springfield",
+                                 "postalCode": "12345"}]
+    assert out["phoneNumbers"] == [{"type": "mobile", "value": "+1 555"}]
+    assert out["roles"] == [{"primary": True, "type": "WindowsAzureActiveDirectoryRole", "value": "Admin"}]
+    assert user_to_spec(out)["addresses"] == out["addresses"]
