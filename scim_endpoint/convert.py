@@ -5,7 +5,8 @@ in the schema (``userName``, ``name.givenName``), values of the schema's type (`
 ``True``), nulls and empty values dropped, the enterprise extension under its URN key, and ``schemas``
 listing the core URN plus the extension URN when the extension has a value. Canonical dicts made from a
 request hold no ``id``, ``meta``, ``groups`` or ``password``; :func:`user_to_scim`/:func:`group_to_scim`
-add the read-only ones back. Filters, PATCH and projection all work on canonical dicts.
+add the read-only ones back. A group's ``members`` are ``{"value": id, "type": "User"|"Group"}``, one per
+id (see :func:`members`). Filters, PATCH and projection all work on canonical dicts.
 
 Request rules (RFC 7643 section 2.2, RFC 7644 sections 3.3 and 3.5.1):
 - attribute names are matched case-insensitively (``"Primary"``, ``"Department"`` are sent in the field);
@@ -58,7 +59,6 @@ MAX_LENGTH: dict[str, int] = {
     "addresses.formatted": 2048,
     "addresses.postalCode": 256,
     "addresses.country": 256,
-    "addresses.value": DEFAULT_MAX_LENGTH,
     "enterprise.employeeNumber": 256,
     "enterprise.costCenter": 256,
 }
