@@ -351,7 +351,7 @@ class _Descending:
         return hash(self.value)
 
 
-def parse_attribute_path(text: str, resource_type: str, *, error: Callable[[str], ScimError]) -> AttrPath:
+def parse_attribute_path(text: str, *, error: Callable[[str], ScimError]) -> AttrPath:
     try:
         node = Path(text).ast
     except (SCIMException, ValueError) as exc:
@@ -373,7 +373,7 @@ def sort_key(
         return ScimError(400, detail, "invalidValue")
 
     schema = resource_schema(resource_type)
-    path = parse_attribute_path(attr_path, resource_type, error=bad)
+    path = parse_attribute_path(attr_path, error=bad)
     found = resolve_attribute(schema, path.attr, path.uri)
     if found is None:
         raise bad(f"cannot sort by unknown attribute {attr_path!r}")
