@@ -14,6 +14,7 @@ from litellm_scim.logs import setup_logging
 from litellm_scim.settings import EndpointSettings
 from scim_endpoint.app import create_app
 from scim_endpoint.auth import Tokens
+from scim_endpoint.kubeapi import skip_environment_lookups
 from scim_endpoint.metrics import Metrics
 from scim_endpoint.store import Store
 
@@ -39,6 +40,7 @@ async def serve(settings: EndpointSettings, stop: asyncio.Event | None = None) -
     except Exception as exc:
         log.error("cannot load the Kubernetes configuration: %s", exc)
         return 2
+    skip_environment_lookups(api)
     async with api:
         store = Store(api, settings.namespace)
         tokens = Tokens(api, settings.namespace, settings.token_secret)
