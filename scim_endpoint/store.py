@@ -531,6 +531,8 @@ class Store:
 
     async def _drop_member(self, member: str) -> None:
         """Remove a deleted user or group from every group listing it (one shard per group)."""
+        # Another replica may just have added the member somewhere: look at the current shards.
+        await self.fresh(self.shards)
         number = shard_of(member)
         for gid in sorted(self.group_ids_of(member)):
             for attempt in range(5):
