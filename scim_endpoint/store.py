@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 ANNOTATION_CLAIMED_AT = f"{API_GROUP}/claimed-at"
 CLAIM_GRACE = 30.0
 # See Informer.wait_for: how long a silent watch must stay silent to count as caught up.
-WATCH_QUIET = 0.03
+WATCH_QUIET = 0.05
 WATCH_TIMEOUT = 2.0
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
