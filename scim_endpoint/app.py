@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientError, web
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from scim_endpoint import schema
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 
 BASE = "/scim/v2"
 SCIM_JSON = "application/scim+json"
+_ENDPOINTS = {name.lower(): name for name in (
+    "Users", "Groups", "ServiceProviderConfig", "serviceConfiguration", "Schemas", "ResourceTypes", ".search")}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 SERVICE: web.AppKey[Service] = web.AppKey("service", Service)
@@ -53,6 +56,10 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         if metrics is not None:
             info = request.match_info.route.resource
             route = info.canonical if info is not None else "unmatched"
+            endpoint = request.match_info.get("endpoint")
+            if endpoint:
+                route = route.replace("{endpoint}", _ENDPOINTS.get(endpoint.lower(), endpoint))
+            route = route.replace("{slash}", "")
             metrics.requests.labels(request.method, route, str(status)).inc()
             metrics.latency.labels(request.method, route).observe(time.perf_counter() - started)
 
@@ -77,7 +84,7 @@ async def scim_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         return error_response(ScimError(exc.status, exc.reason))
-    except (Unavailable, ApiException, TimeoutError) as exc:
+    except (Unavailable, ApiException, TimeoutError, ClientError, OSError) as exc:
         log.warning("storage unavailable on %s %s: %s", request.method, request.path, type(exc).__name__)
         return error_response(ScimError(503, "The Kubernetes API is not available; retry later"))
     except Exception:
@@ -88,10 +95,10 @@ async def scim_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith(BASE):
+        if not (request.app[STORE].ready and request.app[TOKENS].ready):
+            raise ScimError(503, "The endpoint is starting: its caches are not synced yet")
         if not request.app[TOKENS].accepts(request.headers.get("Authorization")):
             raise ScimError(401, "Missing or invalid bearer token")
-        if not request.app[STORE].ready:
-            raise ScimError(503, "The endpoint is starting: its caches are not synced yet")
     return await handler(request)
 
 
@@ -283,6 +290,16 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     return web.json_response({"ready": ready}, status=200 if ready else 503)
 
 
+def _path(endpoint: str, rest: str = "") -> str:
+    """A route under the base path whose endpoint name matches in any case and that tolerates a
+    trailing slash, as several IdP clients send ``/users`` or ``/Users/?filter=``."""
+    name = "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in endpoint)
+    path = f"{BASE}/{{endpoint:{name}}}"
+    if rest:
+        path += f"/{rest}"
+    return path + "{slash:/?}"
+
+
 def create_app(store: Store, tokens: Tokens, *, max_results: int = 1000, max_body_bytes: int = 1_048_576,
                base_url: str | None = None, metrics: Metrics | None = None) -> web.Application:
     app = web.Application(middlewares=[observe, scim_errors, authenticate], client_max_size=max_body_bytes)
@@ -295,19 +312,22 @@ def create_app(store: Store, tokens: Tokens, *, max_results: int = 1000, max_bod
     r = app.router
     for resource_type, plural in (("User", "Users"), ("Group", "Groups")):
         create, get, list_, search, replace, patch_, delete = _collection(resource_type)
-        r.add_post(f"{BASE}/{plural}", create)
-        r.add_get(f"{BASE}/{plural}", list_, allow_head=False)
-        r.add_post(f"{BASE}/{plural}/.search", search)
-        r.add_get(f"{BASE}/{plural}/{{id}}", get, allow_head=False)
-        r.add_put(f"{BASE}/{plural}/{{id}}", replace)
-        r.add_patch(f"{BASE}/{plural}/{{id}}", patch_)
-        r.add_delete(f"{BASE}/{plural}/{{id}}", delete)
-    r.add_post(f"{BASE}/.search", root_search)
-    r.add_get(f"{BASE}/ServiceProviderConfig", service_provider_config, allow_head=False)
-    r.add_get(f"{BASE}/Schemas", schemas, allow_head=False)
-    r.add_get(f"{BASE}/Schemas/{{id}}", schema_by_id, allow_head=False)
-    r.add_get(f"{BASE}/ResourceTypes", resource_types, allow_head=False)
-    r.add_get(f"{BASE}/ResourceTypes/{{id}}", resource_type_by_id, allow_head=False)
+        collection, item = _path(plural), _path(plural, "{id:[^/]+}")
+        r.add_post(collection, create)
+        r.add_get(collection, list_, allow_head=False)
+        r.add_post(_path(plural, ".search"), search)
+        r.add_get(item, get, allow_head=False)
+        r.add_put(item, replace)
+        r.add_patch(item, patch_)
+        r.add_delete(item, delete)
+    r.add_post(_path(".search"), root_search)
+    # "serviceConfiguration" is what Microsoft's SCIM reference client asks for.
+    r.add_get(_path("ServiceProviderConfig"), service_provider_config, allow_head=False)
+    r.add_get(_path("serviceConfiguration"), service_provider_config, allow_head=False)
+    r.add_get(_path("Schemas"), schemas, allow_head=False)
+    r.add_get(_path("Schemas", "{id:[^/]+}"), schema_by_id, allow_head=False)
+    r.add_get(_path("ResourceTypes"), resource_types, allow_head=False)
+    r.add_get(_path("ResourceTypes", "{id:[^/]+}"), resource_type_by_id, allow_head=False)
     r.add_get("/healthz", healthz, allow_head=False)
     r.add_get("/readyz", readyz, allow_head=False)
     return app

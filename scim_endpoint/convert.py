@@ -5,7 +5,8 @@ in the schema (``userName``, ``name.givenName``), values of the schema's type (`
 ``True``), nulls and empty values dropped, the enterprise extension under its URN key, and ``schemas``
 listing the core URN plus the extension URN when the extension has a value. Canonical dicts made from a
 request hold no ``id``, ``meta``, ``groups`` or ``password``; :func:`user_to_scim`/:func:`group_to_scim`
-add the read-only ones back. Filters, PATCH and projection all work on canonical dicts.
+add the read-only ones back. A group's ``members`` are ``{"value": id, "type": "User"|"Group"}``, one per
+id (see :func:`members`). Filters, PATCH and projection all work on canonical dicts.
 
 Request rules (RFC 7643 section 2.2, RFC 7644 sections 3.3 and 3.5.1):
 - attribute names are matched case-insensitively (``"Primary"``, ``"Department"`` are sent in the field);
@@ -58,7 +59,6 @@ MAX_LENGTH: dict[str, int] = {
     "addresses.formatted": 2048,
     "addresses.postalCode": 256,
     "addresses.country": 256,
-    "addresses.value": DEFAULT_MAX_LENGTH,
     "enterprise.employeeNumber": 256,
     "enterprise.costCenter": 256,
 }
@@ -85,12 +85,17 @@ def normalize(attr: Attr, value: Any, where: str) -> Any:
     error messages."""
     if value is None:
         return None
+    if attr.name == "members" and attr.is_complex:
+        return members(value, where) or None
     if attr.multi_valued:
         items = value if isinstance(value, list) else [value]
         out: list[Any] = []
+        seen: set[Any] = set()
         for i, item in enumerate(items):
             norm = _normalize_single(attr, item, f"{where}[{i}]")
-            if norm is not None and norm not in out:
+            key = freeze(norm)
+            if norm is not None and key not in seen:  # a set: groups reach 50,000 members
+                seen.add(key)
                 out.append(norm)
         if not out:
             return None
@@ -103,6 +108,15 @@ def normalize(attr: Attr, value: Any, where: str) -> Any:
             raise invalid(f"{where} is single-valued, got a list of {len(value)}")
         value = value[0]
     return _normalize_single(attr, value, where)
+
+
+def freeze(value: Any) -> Any:
+    """A hashable stand-in for a canonical value (dicts of scalars, lists of them)."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, freeze(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(freeze(v) for v in value)
+    return value
 
 
 def _normalize_single(attr: Attr, value: Any, where: str) -> Any:
@@ -141,8 +155,7 @@ def scalar(attr: Attr, value: Any, where: str) -> Any:
             datetime.fromisoformat(value)
         except ValueError:
             raise invalid(f"{where} must be an xsd:dateTime, got {value!r}") from None
-    if attr.canonical_values == ("User", "Group"):
-        # members.type decides whether a member becomes a LiteLLM team member or a nested group.
+    if attr.canonical_values == ("User", "Group"):  # members[...].type through a PATCH path
         canonical = _MEMBER_TYPES.get(value.lower())
         if canonical is None:
             raise invalid(f'{where} must be "User" or "Group", got {value!r}')
@@ -301,58 +314,53 @@ def user_from_request(body: Any, *, current: dict[str, Any] | None = None) -> di
 
 def group_from_request(body: Any, *, current: dict[str, Any] | None = None) -> dict[str, Any]:
     """Validate and normalise a POST/PUT Group body into a canonical group whose ``members`` (when any)
-    are ``{"value": id, "type": "User"|"Group"}`` (``type`` omitted when the client sent none and the
-    ``$ref`` does not tell; the server resolves it from the id)."""
-    if isinstance(body, dict):
-        refs = _member_refs(body)
-    group = finish(resource_from_body(body, "Group", current=current), "Group", current=current)
-    if "members" in group:
-        group["members"] = [_member(m, refs) for m in group["members"]]
-        group["members"] = dedupe_members(group["members"])
-    return group
+    are ``{"value": id, "type": "User"|"Group"}``, one per id (``type`` omitted when the client sent none
+    and no ``$ref`` tells; the server then resolves it from the id)."""
+    return finish(resource_from_body(body, "Group", current=current), "Group", current=current)
 
 
-def _member_refs(body: Mapping[str, Any]) -> dict[str, str]:
-    """Member id → type guessed from a ``$ref`` URL (``.../Groups/<id>``), for members without type."""
-    refs: dict[str, str] = {}
-    for key, value in body.items():
-        if isinstance(key, str) and key.lower() == "members" and isinstance(value, list):
-            refs.update(member_types_from_refs(value))
-    return refs
+def members(items: Any, where: str = "members") -> list[dict[str, Any]]:
+    """Canonical group members: ``{"value", "type"}`` per distinct id, first one wins. A bare string is an
+    id (Microsoft's suite sends them); a ``$ref`` to ``.../Groups/<id>`` makes an untyped member a Group.
 
-
-def member_types_from_refs(items: list[Any]) -> dict[str, str]:
-    refs: dict[str, str] = {}
-    for item in items:
-        if not isinstance(item, dict):
-            continue
-        lowered = {str(k).lower(): v for k, v in item.items()}
-        ref, value = lowered.get("$ref"), lowered.get("value")
-        if isinstance(ref, str) and isinstance(value, str):
-            if "/groups/" in ref.lower():
-                refs[value] = "Group"
-            elif "/users/" in ref.lower():
-                refs[value] = "User"
-    return refs
-
-
-def _member(item: Mapping[str, Any], refs: Mapping[str, str]) -> dict[str, Any]:
-    if not item.get("value"):
-        raise invalid("members[].value is required")
-    out = {"value": item["value"]}
-    kind = item.get("type") or refs.get(item["value"])
-    if kind:
-        out["type"] = kind
-    return out
-
-
-def dedupe_members(members: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per member id (the first one wins), order kept."""
+    Hand-written rather than the generic path because groups reach 50,000 members and every PATCH
+    revalidates all of them."""
+    out: list[dict[str, Any]] = []
     seen: set[str] = set()
-    out = []
-    for member in members:
-        if member["value"] not in seen:
-            seen.add(member["value"])
+    for i, item in enumerate(items if isinstance(items, list) else [items]):
+        if item is None:
+            continue
+        if isinstance(item, str):
+            item = {"value": item}
+        elif not isinstance(item, dict):
+            raise invalid(f"{where}[{i}] must be an object, got {_kind(item)}")
+        value = kind = ref = None
+        for key, field_value in item.items():
+            lower = key.lower() if isinstance(key, str) else key
+            if lower == "value":
+                value = field_value
+            elif lower == "type":
+                kind = field_value
+            elif lower == "$ref":
+                ref = field_value
+        if not value:
+            raise invalid(f"{where}[{i}].value is required: a member is identified by its id")
+        if not isinstance(value, str):
+            raise invalid(f"{where}[{i}].value must be a string, got {_kind(value)}")
+        member = {"value": value}
+        if kind is not None:
+            canonical = _MEMBER_TYPES.get(kind.lower()) if isinstance(kind, str) else None
+            if canonical is None:
+                raise invalid(f'{where}[{i}].type must be "User" or "Group", got {kind!r}')
+            member["type"] = canonical
+        elif isinstance(ref, str):
+            lowered = ref.lower()
+            if "/groups/" in lowered:
+                member["type"] = "Group"
+            elif "/users/" in lowered:
+                member["type"] = "User"
+        if value not in seen:
+            seen.add(value)
             out.append(member)
     return out
 
@@ -402,13 +410,6 @@ def group_to_spec(group: Mapping[str, Any]) -> dict[str, Any]:
     return _pick(group, ("displayName", "externalId"))
 
 
-def _base_url(meta: Mapping[str, Any], collection: str) -> str | None:
-    location = meta.get("location")
-    if isinstance(location, str) and f"/{collection}/" in location:
-        return location.rsplit(f"/{collection}/", 1)[0]
-    return None
-
-
 def user_to_scim(
     spec: Mapping[str, Any], id: str, meta: dict[str, Any], groups: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
@@ -439,19 +440,11 @@ def user_to_scim(
 def group_to_scim(
     spec: Mapping[str, Any], id: str, meta: dict[str, Any], members: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The full SCIM Group of a stored spec and its members (``{"value", "type"[, "display", "$ref"]}``;
-    a missing ``$ref`` is derived from ``meta.location``)."""
+    """The full SCIM Group of a stored spec and its members, each with the ``value``, ``type``, ``display``
+    and ``$ref`` it was given (nothing derived: a client reads back the members as it wrote them)."""
     out: dict[str, Any] = {"schemas": [GROUP_URN], "id": id}
     out.update(_pick(spec, ("displayName", "externalId")))
     if members:
-        base = _base_url(meta, "Groups")
-        rendered = []
-        for member in members:
-            item = _pick(member, ("value", "$ref", "display", "type"))
-            if "$ref" not in item and base and item.get("value"):
-                collection = "Groups" if item.get("type") == "Group" else "Users"
-                item["$ref"] = f"{base}/{collection}/{item['value']}"
-            rendered.append(item)
-        out["members"] = rendered
+        out["members"] = [_pick(m, ("value", "$ref", "display", "type")) for m in members]
     out["meta"] = meta
     return out

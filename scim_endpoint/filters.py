@@ -14,6 +14,8 @@ Rules:
   (``members eq "id"``, ``emails co "@x"``); a multi-valued attribute matches when any value does;
 - ``ne`` is the negation of ``eq`` (an absent attribute is ``ne`` anything); ``eq null`` is "absent";
 - ``meta.created``/``meta.lastModified`` compare as instants, whatever the offset spelling;
+- a filter that does not parse is retried once with bare words after an operator quoted
+  (``userName sw O``, sent by Microsoft's reference suite); the result must parse in full;
 - unknown attributes, ``password``, ordering operators on booleans/binaries/complex values, ``co``/
   ``sw``/``ew`` on non-strings and values of the wrong type are 400 ``invalidFilter``: a filter is
   either evaluated exactly or refused, never ignored.
@@ -21,6 +23,7 @@ Rules:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -55,7 +58,31 @@ def parse_filter(expr: str) -> FilterNode:
     try:
         return ScimFilter(expr).ast
     except (SCIMException, ValueError) as exc:
-        raise invalid_filter(f"invalid filter {expr!r}: {exc}") from None
+        error = exc
+    quoted = _quote_bare_values(expr)
+    if quoted != expr:
+        try:
+            return ScimFilter(quoted).ast
+        except (SCIMException, ValueError):
+            pass
+    raise invalid_filter(f"invalid filter {expr!r}: {error}")
+
+
+_SEGMENTS = re.compile(r'"(?:[^"\\]|\\.)*"|[^"]+|"')
+_BARE_VALUE = re.compile(
+    r"(?i)(\s(?:eq|ne|co|sw|ew|gt|ge|lt|le)\s+)"
+    r"(?!(?:true|false|null|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)(?:[\s()\[\]]|$))([^\s\"()\[\]\\]+)"
+)
+
+
+def _quote_bare_values(expr: str) -> str:
+    """``userName sw O`` → ``userName sw "O"``: Microsoft's reference suite sends unquoted strings and
+    dates (``meta.created gt 2015-10-10T14:38:21.86-07:00``). Only tried when the filter does not parse
+    as written, and only outside string literals; the result must still parse in full."""
+    return "".join(
+        part if part.startswith('"') else _BARE_VALUE.sub(lambda m: f'{m.group(1)}"{m.group(2)}"', part)
+        for part in _SEGMENTS.findall(expr)
+    )
 
 
 @lru_cache(maxsize=512)
@@ -324,7 +351,7 @@ class _Descending:
         return hash(self.value)
 
 
-def parse_attribute_path(text: str, resource_type: str, *, error: Callable[[str], ScimError]) -> AttrPath:
+def parse_attribute_path(text: str, *, error: Callable[[str], ScimError]) -> AttrPath:
     try:
         node = Path(text).ast
     except (SCIMException, ValueError) as exc:
@@ -346,7 +373,7 @@ def sort_key(
         return ScimError(400, detail, "invalidValue")
 
     schema = resource_schema(resource_type)
-    path = parse_attribute_path(attr_path, resource_type, error=bad)
+    path = parse_attribute_path(attr_path, error=bad)
     found = resolve_attribute(schema, path.attr, path.uri)
     if found is None:
         raise bad(f"cannot sort by unknown attribute {attr_path!r}")

@@ -108,7 +108,8 @@ _OVERRIDES: dict[tuple[str, str, str | None], dict[str, Any]] = {
     (ENTERPRISE_URN, "manager", "displayName"): {"mutability": "readWrite"},
     # Group names are unique per namespace: the endpoint enforces it with name claims.
     (GROUP_URN, "displayName", None): {"uniqueness": "server"},
-    # Members are stored as ids; display and $ref are computed on the way out.
+    # Members are stored as id and type; a display or $ref in a response comes from the server, and
+    # one in a request is not kept.
     (GROUP_URN, "members", "display"): {"mutability": "readOnly"},
     (GROUP_URN, "members", "$ref"): {"mutability": "readOnly"},
 }

@@ -79,8 +79,10 @@ class Service:
         cached = self._group_views.get(rec.id)
         if cached is not None and cached[0] == key:
             return cached[1]
-        meta = {**rec.meta, "location": f"{base_url}/Groups/{rec.id}"}
-        view = convert.group_to_scim(rec.spec, rec.id, meta, rec.members())
+        # Members are returned as stored (value, type) without a derived $ref: clients that PATCH
+        # members read back exactly what they sent (RFC 7643 section 4.2 makes $ref optional).
+        view = convert.group_to_scim(rec.spec, rec.id, dict(rec.meta), rec.members())
+        view["meta"]["location"] = f"{base_url}/Groups/{rec.id}"
         self._group_views[rec.id] = (key, view)
         return view
 
@@ -137,7 +139,6 @@ class Service:
                 first_error = first_error or exc
         if not predicates and first_error is not None:
             raise first_error
-        sort_keys = {rt: filters.sort_key(query.sort_by, rt) for rt in predicates} if query.sort_by else {}
         await store.fresh(store.users, store.groups, store.shards)
         matched: list[tuple[str, dict[str, Any]]] = []
         for rt, predicate in predicates.items():
@@ -149,12 +150,9 @@ class Service:
                          for o in sorted_by_creation(self._group_candidates(query.filter)))
             matched.extend((rt, v) for v in views if predicate is None or predicate(v))
         if query.sort_by:
-            # Resources without the attribute sort last in either order (RFC 7644 section 3.4.2.3).
-            keyed = [(sort_keys[rt](v), i, rt, v) for i, (rt, v) in enumerate(matched)]
-            present = [k for k in keyed if k[0] is not None]
-            absent = [k for k in keyed if k[0] is None]
-            present.sort(key=lambda k: (k[0], k[1]), reverse=query.sort_order.lower() == "descending")
-            matched = [(rt, v) for _, _, rt, v in present + absent]
+            descending = query.sort_order == "descending"
+            keys = {rt: filters.sort_key(query.sort_by, rt, descending=descending) for rt in predicates}
+            matched.sort(key=lambda item: keys[item[0]](item[1]))
         total = len(matched)
         start = max(query.start_index, 1)
         count = self.max_results if query.count is None else max(0, min(query.count, self.max_results))

@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from kubernetes_asyncio import client
+from stored import stored_claims, stored_group, stored_members, stored_shards, stored_user
 
 from litellm_scim import kube
 from scim_contract import API_GROUP, API_VERSION, CLAIM, SHARDS, VERSION, claim_name, shard_name, shard_of
 from scim_endpoint.errors import ScimError
 from scim_endpoint.store import ANNOTATION_CLAIMED_AT, Store
-from stored import stored_claims, stored_group, stored_members, stored_shards, stored_user
 
 
 @pytest.fixture
