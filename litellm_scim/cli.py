@@ -42,7 +42,8 @@ def add_settings_flags(parser: argparse.ArgumentParser, settings_cls: type[BaseS
                 help=help_text,
             )
         else:
-            choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
+            is_literal = typing.get_origin(field.annotation) is typing.Literal
+            choices = typing.get_args(field.annotation) if is_literal else None
             parser.add_argument(
                 _flag(name), dest=name, default=argparse.SUPPRESS, choices=choices, help=help_text,
                 metavar=None if choices else name.upper(),
@@ -66,25 +67,25 @@ def settings_from_args(settings_cls: type[S], ns: argparse.Namespace) -> S:
 def _run_endpoint(ns: argparse.Namespace) -> int:
     from scim_endpoint.server import run
 
-    return run(settings_from_args(EndpointSettings, ns))
+    return int(run(settings_from_args(EndpointSettings, ns)))
 
 
 def _run_operator(ns: argparse.Namespace) -> int:
     from scim_operator.main import run
 
-    return run(settings_from_args(OperatorSettings, ns))
+    return int(run(settings_from_args(OperatorSettings, ns)))
 
 
 def _run_dev(ns: argparse.Namespace) -> int:
     from litellm_scim.dev import run
 
-    return run(ns)
+    return int(run(ns))
 
 
 def _run_token(ns: argparse.Namespace) -> int:
     from litellm_scim.tokens import run
 
-    return run(ns)
+    return int(run(ns))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ CRD_DIR = Path(__file__).resolve().parent.parent / "crds"
 async def api_client(kubeconfig: str | None = None) -> client.ApiClient:
     """An API client from an explicit kubeconfig, the in-cluster service account, or $KUBECONFIG."""
     if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
         return client.ApiClient()
     cfg = client.Configuration()
     await config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
@@ -32,7 +32,7 @@ def crd_manifests(directory: Path = CRD_DIR) -> list[dict[str, Any]]:
 
 
 async def apply_crds(api: client.ApiClient, manifests: list[dict[str, Any]] | None = None,
-                     timeout: float = 30.0) -> None:
+                     wait_seconds: float = 30.0) -> None:
     """Create or replace each CRD, then wait until the API server serves all of them."""
     ext = client.ApiextensionsV1Api(api)
     manifests = crd_manifests() if manifests is None else manifests
@@ -43,13 +43,13 @@ async def apply_crds(api: client.ApiClient, manifests: list[dict[str, Any]] | No
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            await ext.create_custom_resource_definition(crd)
+            await ext.create_custom_resource_definition(crd)  # type: ignore[arg-type]
             continue
         body = dict(crd)
         body["metadata"] = {**crd["metadata"], "resourceVersion": current.metadata.resource_version}
-        await ext.replace_custom_resource_definition(name, body)
+        await ext.replace_custom_resource_definition(name, body)  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + wait_seconds
     for crd in manifests:
         name = crd["metadata"]["name"]
         while True:
@@ -58,14 +58,14 @@ async def apply_crds(api: client.ApiClient, manifests: list[dict[str, Any]] | No
             if any(c.type == "Established" and c.status == "True" for c in conditions):
                 break
             if loop.time() > deadline:
-                raise TimeoutError(f"CRD {name} not established after {timeout}s")
+                raise TimeoutError(f"CRD {name} not established after {wait_seconds}s")
             await asyncio.sleep(0.1)
 
 
 async def ensure_namespace(api: client.ApiClient, namespace: str) -> None:
     core = client.CoreV1Api(api)
     try:
-        await core.create_namespace({"metadata": {"name": namespace}})
+        await core.create_namespace({"metadata": {"name": namespace}})  # type: ignore[arg-type]
     except ApiException as exc:
         if exc.status != 409:
             raise

@@ -157,7 +157,7 @@ def find_or_start_litellm(root: Path | None = None) -> LiteLLM:
         if not key:
             raise RuntimeError("LITELLM_URL is set but LITELLM_MASTER_KEY is not")
         return LiteLLM(url=url.rstrip("/"), master_key=key, started_here=False)
-    root = root or Path(os.environ.get("LITELLM_PEER_ROOT", "/var/tmp/litellm-peer"))
+    root = root or Path(os.environ.get("LITELLM_PEER_ROOT", "/var/tmp/litellm-peer"))  # noqa: S108
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = _start_proxy(root, port)

@@ -1,22 +1,6 @@
 """The contract between the SCIM endpoint and the operator: names, keys and models of the custom
 resources whose manifests live in ``crds/``. Neither half imports the other; both import this."""
 
-from scim_contract.names import (
-    ANNOTATION_LAST_MODIFIED,
-    API_VERSION,
-    CLAIM,
-    API_GROUP,
-    GROUP,
-    LABEL_GROUP,
-    SHARD,
-    SHARDS,
-    USER,
-    VERSION,
-    ResourceKind,
-    claim_name,
-    shard_name,
-    shard_of,
-)
 from scim_contract.models import (
     Address,
     Condition,
@@ -31,12 +15,28 @@ from scim_contract.models import (
     ScimUserSpec,
     ScimUserStatus,
 )
+from scim_contract.names import (
+    ANNOTATION_LAST_MODIFIED,
+    API_GROUP,
+    API_VERSION,
+    CLAIM,
+    GROUP,
+    LABEL_GROUP,
+    SHARD,
+    SHARDS,
+    USER,
+    VERSION,
+    ResourceKind,
+    claim_name,
+    shard_name,
+    shard_of,
+)
 
 __all__ = [
     "ANNOTATION_LAST_MODIFIED",
+    "API_GROUP",
     "API_VERSION",
     "CLAIM",
-    "API_GROUP",
     "GROUP",
     "LABEL_GROUP",
     "SHARD",

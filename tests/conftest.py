@@ -7,6 +7,7 @@ otherwise the local API server kit is started for the session. LiteLLM likewise 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -56,10 +57,8 @@ async def namespace(kube_api: client.ApiClient) -> AsyncIterator[str]:
     await kube.ensure_namespace(kube_api, name)
     yield name
     # The test API server has no garbage collector; a namespace per test keeps runs independent anyway.
-    try:
+    with contextlib.suppress(client.exceptions.ApiException):
         await client.CoreV1Api(kube_api).delete_namespace(name)
-    except client.exceptions.ApiException:
-        pass
 
 
 @pytest.fixture(scope="session")
