@@ -60,7 +60,25 @@ def _names(ids: list[str], display: dict[str, str], limit: int = 10) -> str:
 
 async def add_members(op: Operator, team_id: str, user_ids: list[str]) -> None:
     for start in range(0, len(user_ids), ADD_BATCH):
-        await op.litellm.member_add(team_id, user_ids[start : start + ADD_BATCH])
+        await _add_chunk(op, team_id, user_ids[start : start + ADD_BATCH])
+
+
+async def _add_chunk(op: Operator, team_id: str, user_ids: list[str]) -> None:
+    try:
+        await op.litellm.member_add(team_id, user_ids)
+    except LiteLLMError as exc:
+        # LiteLLM adds a list in one database transaction with a 5 s limit: a busy proxy answers a
+        # large list with a 500 ("Transaction already closed"). Halves still get through, and a list
+        # that partly landed is harmless (members already in the team are skipped).
+        if exc.status < 500 or len(user_ids) < 2:
+            raise
+        log.info(
+            "member_add too large for LiteLLM right now; splitting",
+            extra={"fields": {"team": team_id, "members": len(user_ids), "error": exc.message[:200]}},
+        )
+        half = len(user_ids) // 2
+        await _add_chunk(op, team_id, user_ids[:half])
+        await _add_chunk(op, team_id, user_ids[half:])
 
 
 async def remove_members(op: Operator, team_id: str, user_ids: list[str]) -> None:
@@ -68,11 +86,12 @@ async def remove_members(op: Operator, team_id: str, user_ids: list[str]) -> Non
 
 
 async def _ensure_team(
-    op: Operator, name: str, spec: ScimGroupSpec, team_id: str, out: Outcome
+    op: Operator, name: str, spec: ScimGroupSpec, team_id: str, out: Outcome, known: bool
 ) -> dict[str, Any] | None:
-    """The team's current /team/info, or None when it was just created (so it has no members)."""
+    """The team's current /team/info, or None when it was just created (so it has no members).
+    ``known``: the status says the team was created before; a new group goes straight to create."""
     s = op.settings
-    info = await op.litellm.team_info(team_id)
+    info = await op.litellm.team_info(team_id) if known else None
     if info is None:
         try:
             await op.litellm.team_new(
@@ -83,7 +102,6 @@ async def _ensure_team(
                 }
             )
             out.events.append(("Created", f"created LiteLLM team {team_id}"))
-            metrics.MANAGED.labels("team").inc()
             return None
         except LiteLLMError as exc:
             if "already exists" not in exc.message.lower():
@@ -114,10 +132,12 @@ async def _ensure_team(
     return info
 
 
-async def apply_group(op: Operator, view: View, name: str, spec: ScimGroupSpec) -> Outcome:
+async def apply_group(
+    op: Operator, view: View, name: str, spec: ScimGroupSpec, known: bool = True
+) -> Outcome:
     team_id = team_id_for(name, spec, op.settings.team_id_strategy)
     out = Outcome(team_id=team_id, members=0)
-    info = await _ensure_team(op, name, spec, team_id, out)
+    info = await _ensure_team(op, name, spec, team_id, out, known)
     # Mark the team usable, then read the desired members with no await in between: a shard change
     # either sees the team (and applies its own difference) or happened before this read.
     op.memory.teams[name] = team_id
@@ -142,6 +162,25 @@ async def apply_group(op: Operator, view: View, name: str, spec: ScimGroupSpec) 
         )
     out.members = len(desired)
     return out
+
+
+async def compare_members(op: Operator, view: View, group: str, team_id: str) -> tuple[list[str], list[str]]:
+    """Make the team's members exactly the group's usable members, from a fresh /team/info.
+
+    Used after a failed membership call: a call that timed out may still have been applied (or be
+    in flight), so retrying the same difference blindly could race it; comparing again cannot."""
+    info = await op.litellm.team_info(team_id)
+    if info is None:
+        raise LiteLLMError(404, f"LiteLLM team {team_id} does not exist", endpoint="/team/info")
+    desired = view.desired_members(group)
+    shards = list(view.shards.get(group) or ())
+    adds, removes = membership_differences(desired, team_members(info))
+    await add_members(op, team_id, adds)
+    await remove_members(op, team_id, removes)
+    for shard, users, _nested in shards:
+        op.memory.applied_shards[shard] = frozenset(users)
+    op.memory.pending_joins.pop(group, None)
+    return adds, removes
 
 
 def _status_ok(
@@ -189,8 +228,9 @@ async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
     name = body["metadata"]["name"]
     spec = _spec(body)
     async with op.memory.lock("group", name):
+        known = (body.get("status") or {}).get("litellm", {}).get("teamId") is not None
         try:
-            out = await apply_group(op, view, name, spec)
+            out = await apply_group(op, view, name, spec, known)
         except NotOwned as exc:
             metrics.RECONCILES.labels("group", "not_owned").inc()
             await op.resources.update_status(GROUP, name, _failed("NotOwned", str(exc)))
@@ -238,7 +278,6 @@ async def delete(op: Operator, body: Any, retry: int) -> None:
             raise retry_later(exc, retry) from None
         finally:
             op.memory.forget_lock("group", name)
-    metrics.MANAGED.labels("team").dec()
     emit(body, "Deleted", f"deleted LiteLLM team {team_id}")
 
 
@@ -275,8 +314,11 @@ async def shard_changed(op: Operator, view: View, event_type: str | None, body: 
                 if n in op.memory.ready_users or view.user_exists(n)
             ]
             try:
-                await add_members(op, team_id, adds)
-                await remove_members(op, team_id, removes)
+                if attempt:
+                    adds, removes = await compare_members(op, view, group, team_id)
+                else:
+                    await add_members(op, team_id, adds)
+                    await remove_members(op, team_id, removes)
             except LiteLLMError as exc:
                 metrics.FAILURES.labels("membership", failure_reason(exc)).inc()
                 await op.resources.update_status(GROUP, group, _failed(failure_reason(exc), str(exc)))
@@ -311,6 +353,53 @@ async def shard_changed(op: Operator, view: View, event_type: str | None, body: 
         await asyncio.sleep(delay)
 
 
+# Users that become usable while their groups' teams already exist join in batches: a burst of
+# new users (initial provisioning) costs one /team/member_add per team, not one per membership.
+JOIN_WINDOW = 0.1
+
+
+def join_later(op: Operator, view: View, group: str, team_id: str, user_id: str) -> None:
+    pending = op.memory.pending_joins.setdefault(group, set())
+    pending.add(user_id)
+    if group not in op.memory.join_tasks:
+        task = asyncio.create_task(_flush_joins(op, view, group, team_id))
+        op.memory.join_tasks[group] = task
+
+
+async def _flush_joins(op: Operator, view: View, group: str, team_id: str) -> None:
+    attempt = 0
+    try:
+        while True:
+            await asyncio.sleep(JOIN_WINDOW if attempt == 0 else min(30.0, 0.5 * 2 ** min(attempt, 6)))
+            async with op.memory.lock("group", group):
+                batch = sorted(op.memory.pending_joins.pop(group, set()))
+                if not batch or op.memory.teams.get(group) != team_id:
+                    return  # nothing left, or the group was deleted meanwhile
+                try:
+                    if attempt:
+                        batch, _ = await compare_members(op, view, group, team_id)
+                    else:
+                        await add_members(op, team_id, batch)
+                except LiteLLMError as exc:
+                    op.memory.pending_joins.setdefault(group, set()).update(batch)
+                    attempt += 1
+                    metrics.FAILURES.labels("membership", failure_reason(exc)).inc()
+                    await op.resources.update_status(GROUP, group, _failed(failure_reason(exc), str(exc)))
+                    continue
+                attempt = 0
+                target = await op.resources.update_status(GROUP, group, _ok(team_id, view, group))
+            if target is not None and batch:
+                gref = ref(GROUP, op.namespace, group, target["metadata"].get("uid"))
+                emit(
+                    gref,
+                    "MembersAdded",
+                    f"added {len(batch)} member(s) to team {team_id}: "
+                    f"{_names(batch, {u: view.display(u) for u in batch})}",
+                )
+    finally:
+        op.memory.join_tasks.pop(group, None)
+
+
 def _count_groups_later(op: Operator, view: View, names: list[str]) -> None:
     """Refresh status.groups of users whose memberships changed, off the membership path."""
 
@@ -320,7 +409,9 @@ def _count_groups_later(op: Operator, view: View, names: list[str]) -> None:
                 continue
             async with op.memory.lock("user", name):
                 await op.resources.update_status(
-                    USER, name, lambda st, _o, n=name: {**st, "groups": len(view.groups_of(n))}  # type: ignore[misc]
+                    USER,
+                    name,
+                    lambda st, _o, n=name: {**st, "groups": len(view.groups_of(n))},  # type: ignore[misc]
                 )
 
     task = asyncio.create_task(refresh())

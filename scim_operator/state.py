@@ -40,6 +40,9 @@ class Memory:
     # ScimMemberShard name -> the users it listed when its difference was last applied.
     applied_shards: dict[str, frozenset[str]] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # Users waiting to be added to a group's team in the next batch, and the task that adds them.
+    pending_joins: dict[str, set[str]] = field(default_factory=dict)
+    join_tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     # Fire-and-forget bookkeeping tasks, referenced so they are not garbage-collected mid-flight.
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
