@@ -409,6 +409,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         # The statuses said "synced"; LiteLLM is the judge. Re-check until it matches (or time runs out)
         # and count convergence at the moment it really does.
         rechecks = 0
+        first_details: list[str] = []
         while True:
             mismatches = 0
             details.clear()
@@ -417,6 +418,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 if rechecks:
                     converged_at = time.monotonic()  # conservative: the end of the first clean check
                 break
+            if not rechecks:
+                first_details = list(details[:5])
             rechecks += 1
             if time.monotonic() > deadline:
                 break
@@ -478,6 +481,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "litellm_mismatches": mismatches,
             "mismatch_examples": details[:5],
             "litellm_rechecks_after_statuses_synced": rechecks,
+            "first_check_mismatch_examples": first_details,
             "convergence_seconds": round(total, 2),
             "write_to_applied_p50_s": round(pct(apply_lat, 50), 3),
             "write_to_applied_p99_s": round(pct(apply_lat, 99), 3),
