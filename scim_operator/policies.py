@@ -173,3 +173,47 @@ def seconds(duration: str | None) -> float | None:
     if not parts or "".join(n + u for n, u in parts) != duration:
         raise ValueError(f"not a duration: {duration!r}")
     return sum(float(n) * unit[u] for n, u in parts)
+
+
+# ---- the policy of a group, as the operator's indexes see it ---------------------------------
+@dataclass(frozen=True)
+class GroupEntry:
+    """One ScimGroup in the group index: what selectors look at, and what its status reports."""
+
+    facts: GroupFacts
+    policy: str
+    synced: bool
+
+
+def group_entry(name: str, spec: Mapping[str, Any], labels: Mapping[str, Any], status: Mapping[str, Any]) -> GroupEntry:
+    facts = GroupFacts(
+        name=name,
+        display_name=str(spec.get("displayName") or ""),
+        external_id=spec.get("externalId") or None,
+        labels={str(k): str(v) for k, v in labels.items()},
+    )
+    synced = any(
+        c.get("type") == "Synced" and c.get("status") == "True" for c in status.get("conditions") or []
+    )
+    return GroupEntry(facts=facts, policy=str(status.get("policy") or ""), synced=synced)
+
+
+def indexed(index: Mapping[Any, Any]) -> list[Any]:
+    """Every value of a Kopf index (key -> store of values)."""
+    return [value for store in index.values() for value in store]
+
+
+def effective_for(
+    policy_index: Mapping[Any, Any], group_index: Mapping[Any, Any], name: str, display_name: str,
+    external_id: str | None,
+) -> Policy | None:
+    """The policy in effect for a group; labels come from the group index (spec fields are fresher
+    from the handler's own body)."""
+    entry = next(iter(group_index.get(name) or ()), None)
+    labels = entry.facts.labels if isinstance(entry, GroupEntry) else {}
+    facts = GroupFacts(name=name, display_name=display_name, external_id=external_id, labels=labels)
+    return effective(indexed(policy_index), facts)
+
+
+def version(policy: Policy | None) -> tuple[str, int]:
+    return policy.version if policy is not None else ("", 0)

@@ -27,6 +27,7 @@ class UserEntry:
 
     synced: bool
     email: str | None
+    active: bool = True
 
 
 @dataclass
@@ -40,6 +41,12 @@ class Memory:
     # ScimMemberShard name -> the users it listed when its difference was last applied.
     applied_shards: dict[str, frozenset[str]] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # ScimGroup name -> (policy name, generation) its team was last reconciled with ("", 0): none.
+    group_policies: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # ScimGroup name -> (namespace, name) of the key Secrets delivered for it.
+    group_keys: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    # ScimGroup name -> key Secrets whose key drifted in LiteLLM and gets replaced at the next sync.
+    key_repairs: dict[str, set[str]] = field(default_factory=dict)
     # Fire-and-forget bookkeeping tasks, referenced so they are not garbage-collected mid-flight.
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -61,6 +68,9 @@ class View:
     users: Index
     shards: Index
     member_groups: Index
+    # ScimTeamPolicy name -> Policy; ScimGroup name -> GroupEntry (see ``policies``).
+    policies: Index = field(default_factory=dict)
+    groups: Index = field(default_factory=dict)
 
     def _entry(self, name: str) -> UserEntry | None:
         store = self.users.get(name)
@@ -73,6 +83,10 @@ class View:
             return True
         entry = self._entry(name)
         return entry is not None and entry.synced
+
+    def user_active(self, name: str) -> bool:
+        entry = self._entry(name)
+        return entry is not None and entry.active and self.user_ready(name)
 
     def user_exists(self, name: str) -> bool:
         return self.users.get(name) is not None
