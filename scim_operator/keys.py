@@ -110,10 +110,16 @@ async def _write(op: Operator, secret: dict[str, Any]) -> None:
     try:
         try:
             await op.resources.core.create_namespaced_secret(ns, body)
+            return
         except ApiException as exc:
             if exc.status != 409:
                 raise
-            await op.resources.core.replace_namespaced_secret(name, ns, body)
+        current = ks.read((await op.resources.core.read_namespaced_secret(name, ns)).to_dict())
+        mine = ks.read(secret)
+        if current is None or mine is None or current.ref != mine.ref:
+            # Someone else's Secret with our name: never overwrite it.
+            raise KeyDeliveryError(f"Secret {ns}/{name} exists and is not managed by this operator")
+        await op.resources.core.replace_namespaced_secret(name, ns, body)
     except ApiException as exc:
         raise _failed(f"cannot write Secret {ns}/{name}", exc) from None
 
