@@ -70,12 +70,13 @@ async def remove_members(op: Operator, team_id: str, user_ids: list[str]) -> Non
 
 
 async def _ensure_team(
-    op: Operator, name: str, spec: ScimGroupSpec, team_id: str, out: Outcome
+    op: Operator, name: str, spec: ScimGroupSpec, team_id: str, out: Outcome, known: bool
 ) -> dict[str, Any] | None:
-    """The team's current /team/info, or None when it was just created (so it has no members)."""
+    """The team's current /team/info, or None when it was just created (so it has no members).
+    ``known``: the status says the team was created before; a new group goes straight to create."""
     s = op.settings
     team = out.policy.spec.team if out.policy is not None else None
-    info = await op.litellm.team_info(team_id)
+    info = await op.litellm.team_info(team_id) if known else None
     if info is None:
         try:
             await op.litellm.team_new(
@@ -125,12 +126,14 @@ async def _ensure_team(
     return info
 
 
-async def apply_group(op: Operator, view: View, name: str, spec: ScimGroupSpec) -> Outcome:
+async def apply_group(
+    op: Operator, view: View, name: str, spec: ScimGroupSpec, known: bool = True
+) -> Outcome:
     policy = policies.effective_for(view.policies, view.groups, name, spec.displayName, spec.externalId)
     strategy = (policy.spec.teamIdStrategy if policy else None) or op.settings.team_id_strategy
     team_id = team_id_for(name, spec, strategy)
     out = Outcome(team_id=team_id, members=0, policy=policy)
-    info = await _ensure_team(op, name, spec, team_id, out)
+    info = await _ensure_team(op, name, spec, team_id, out, known)
     # Mark the team usable, then read the desired members with no await in between: a shard change
     # either sees the team (and applies its own difference) or happened before this read.
     op.memory.teams[name] = team_id
@@ -206,8 +209,9 @@ async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
     name = body["metadata"]["name"]
     spec = _spec(body)
     async with op.memory.lock("group", name):
+        known = (body.get("status") or {}).get("litellm", {}).get("teamId") is not None
         try:
-            out = await apply_group(op, view, name, spec)
+            out = await apply_group(op, view, name, spec, known)
         except NotOwned as exc:
             metrics.RECONCILES.labels("group", "not_owned").inc()
             await op.resources.update_status(GROUP, name, _failed("NotOwned", str(exc)))
@@ -362,6 +366,50 @@ async def _member_keys(
         return [("KeysFailed", f"member keys not updated yet: {exc}")]
 
 
+# Users that become usable while their groups' teams already exist join in batches: a burst of
+# new users (initial provisioning) costs one /team/member_add per team, not one per membership.
+JOIN_WINDOW = 0.1
+
+
+def join_later(op: Operator, view: View, group: str, team_id: str, user_id: str) -> None:
+    pending = op.memory.pending_joins.setdefault(group, set())
+    pending.add(user_id)
+    if group not in op.memory.join_tasks:
+        task = asyncio.create_task(_flush_joins(op, view, group, team_id))
+        op.memory.join_tasks[group] = task
+
+
+async def _flush_joins(op: Operator, view: View, group: str, team_id: str) -> None:
+    attempt = 0
+    try:
+        while True:
+            await asyncio.sleep(JOIN_WINDOW if attempt == 0 else min(30.0, 0.5 * 2 ** min(attempt, 6)))
+            async with op.memory.lock("group", group):
+                batch = sorted(op.memory.pending_joins.pop(group, set()))
+                if not batch or op.memory.teams.get(group) != team_id:
+                    return  # nothing left, or the group was deleted meanwhile
+                try:
+                    await add_members(op, team_id, batch)
+                except LiteLLMError as exc:
+                    op.memory.pending_joins.setdefault(group, set()).update(batch)
+                    attempt += 1
+                    metrics.FAILURES.labels("membership", failure_reason(exc)).inc()
+                    await op.resources.update_status(GROUP, group, _failed(failure_reason(exc), str(exc)))
+                    continue
+                attempt = 0
+                target = await op.resources.update_status(GROUP, group, _ok(team_id, view, group))
+            if target is not None:
+                gref = ref(GROUP, op.namespace, group, target["metadata"].get("uid"))
+                emit(
+                    gref,
+                    "MembersAdded",
+                    f"added {len(batch)} member(s) to team {team_id}: "
+                    f"{_names(batch, {u: view.display(u) for u in batch})}",
+                )
+    finally:
+        op.memory.join_tasks.pop(group, None)
+
+
 def _count_groups_later(op: Operator, view: View, names: list[str]) -> None:
     """Refresh status.groups of users whose memberships changed, off the membership path."""
 
@@ -371,7 +419,9 @@ def _count_groups_later(op: Operator, view: View, names: list[str]) -> None:
                 continue
             async with op.memory.lock("user", name):
                 await op.resources.update_status(
-                    USER, name, lambda st, _o, n=name: {**st, "groups": len(view.groups_of(n))}  # type: ignore[misc]
+                    USER,
+                    name,
+                    lambda st, _o, n=name: {**st, "groups": len(view.groups_of(n))},  # type: ignore[misc]
                 )
 
     task = asyncio.create_task(refresh())

@@ -33,9 +33,13 @@ async def connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
         if not token:
             scheme, token = "Bearer", scheme
         return kopf.ConnectionInfo(
-            server=str(cfg.host), ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl,
-            scheme=scheme if token else None, token=token or None,
-            certificate_path=cfg.cert_file, private_key_path=cfg.key_file,
+            server=str(cfg.host),
+            ca_path=cfg.ssl_ca_cert,
+            insecure=not cfg.verify_ssl,
+            scheme=scheme if token else None,
+            token=token or None,
+            certificate_path=cfg.cert_file,
+            private_key_path=cfg.key_file,
         )
 
 

@@ -47,6 +47,9 @@ class Memory:
     group_keys: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
     # ScimGroup name -> key Secrets whose key drifted in LiteLLM and gets replaced at the next sync.
     key_repairs: dict[str, set[str]] = field(default_factory=dict)
+    # Users waiting to be added to a group's team in the next batch, and the task that adds them.
+    pending_joins: dict[str, set[str]] = field(default_factory=dict)
+    join_tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     # Fire-and-forget bookkeeping tasks, referenced so they are not garbage-collected mid-flight.
     background: set[asyncio.Task[None]] = field(default_factory=set)
 

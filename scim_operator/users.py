@@ -15,7 +15,7 @@ import kopf
 from pydantic import ValidationError
 
 from scim_contract import USER, ScimUserSpec
-from scim_operator import metrics
+from scim_operator import groups, metrics
 from scim_operator.context import NotOwned, Operator, failure_reason, retry_later
 from scim_operator.litellm_api import LiteLLMError
 from scim_operator.objects import (
@@ -54,9 +54,11 @@ def _is_placeholder(info: dict[str, Any]) -> bool:
     return not info.get("user_email") and not info.get("user_alias") and not info.get("metadata")
 
 
-async def _ensure_user(op: Operator, name: str, desired: DesiredUser, out: Outcome) -> None:
+async def _ensure_user(op: Operator, name: str, desired: DesiredUser, out: Outcome, known: bool) -> None:
+    """``known``: the resource's status says the user was created before; then read first. A new
+    resource goes straight to create (one call), and a conflict falls back to reading."""
     s = op.settings
-    info = await op.litellm.user_info(desired.user_id)
+    info = await op.litellm.user_info(desired.user_id) if known else None
     if info is None:
         try:
             await op.litellm.user_new(desired.new_body(s.owner_tag, op.namespace, name))
@@ -136,7 +138,7 @@ async def apply_user(
     if not desired.active and previously_ours:
         await _block_keys(op, name, desired.user_id, known_blocked, out)
         blocked_early = True
-    await _ensure_user(op, name, desired, out)
+    await _ensure_user(op, name, desired, out, known=previously_ours)
     if not desired.active and not blocked_early:
         await _block_keys(op, name, desired.user_id, known_blocked, out)
     elif desired.active:
@@ -148,10 +150,10 @@ async def apply_user(
         # Groups that listed this user before it existed: join their teams now. Reading the index
         # right after marking the user ready (no await in between) leaves no window in which a shard
         # change could see the user as not ready while this read misses the shard.
-        teams = [(g, op.memory.teams[g]) for g in view.groups_of(name) if g in op.memory.teams]
-        for group, team_id in teams:
-            await op.litellm.member_add(team_id, [desired.user_id])
-            out.events.append(("TeamMemberAdded", f"added to LiteLLM team {team_id} (group {group})"))
+        for group in view.groups_of(name):
+            team_id = op.memory.teams.get(group)
+            if team_id is not None:
+                groups.join_later(op, view, group, team_id, desired.user_id)
     return out
 
 
