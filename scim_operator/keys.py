@@ -114,11 +114,13 @@ async def _write(op: Operator, secret: dict[str, Any]) -> None:
         except ApiException as exc:
             if exc.status != 409:
                 raise
-        current = ks.read((await op.resources.core.read_namespaced_secret(name, ns)).to_dict())
-        mine = ks.read(secret)
+        found = await op.resources.core.read_namespaced_secret(name, ns)
+        current, mine = ks.read(found.to_dict()), ks.read(secret)
         if current is None or mine is None or current.ref != mine.ref:
             # Someone else's Secret with our name: never overwrite it.
             raise KeyDeliveryError(f"Secret {ns}/{name} exists and is not managed by this operator")
+        # Conditional on the version read: a concurrent writer makes this fail (409) instead of losing a key.
+        body = {**secret, "metadata": {**secret["metadata"], "resourceVersion": found.metadata.resource_version}}
         await op.resources.core.replace_namespaced_secret(name, ns, body)
     except ApiException as exc:
         raise _failed(f"cannot write Secret {ns}/{name}", exc) from None
