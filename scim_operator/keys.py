@@ -309,6 +309,8 @@ async def sync_group(
     request = str((obj["metadata"].get("annotations") or {}).get(ks.ANNOTATION_ROTATE) or "")
     recorded = ((obj.get("status") or {}).get("keys") or {}).get("namespaces") or []
     wanted = desired_keys(op, view, group, policy, only)
+    if not wanted and not recorded and not op.memory.group_keys.get(group):
+        return []  # no keys wanted, none given out: no Secret listing for groups without key policies
     delivered = op.memory.group_keys.setdefault(group, set())
     namespaces = {op.namespace, *recorded, *(ns for ns, _ in delivered), *(r.namespace for r in wanted)}
     existing = await list_delivered(op, namespaces, group)
