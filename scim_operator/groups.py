@@ -162,6 +162,25 @@ async def apply_group(
     return out
 
 
+async def compare_members(op: Operator, view: View, group: str, team_id: str) -> tuple[list[str], list[str]]:
+    """Make the team's members exactly the group's usable members, from a fresh /team/info.
+
+    Used after a failed membership call: a call that timed out may still have been applied (or be
+    in flight), so retrying the same difference blindly could race it; comparing again cannot."""
+    info = await op.litellm.team_info(team_id)
+    if info is None:
+        raise LiteLLMError(404, f"LiteLLM team {team_id} does not exist", endpoint="/team/info")
+    desired = view.desired_members(group)
+    shards = list(view.shards.get(group) or ())
+    adds, removes = membership_differences(desired, team_members(info))
+    await add_members(op, team_id, adds)
+    await remove_members(op, team_id, removes)
+    for shard, users, _nested in shards:
+        op.memory.applied_shards[shard] = frozenset(users)
+    op.memory.pending_joins.pop(group, None)
+    return adds, removes
+
+
 def _status_ok(
     st: dict[str, Any], obj: dict[str, Any], team_id: str, view: View, name: str
 ) -> dict[str, Any]:
@@ -306,8 +325,11 @@ async def shard_changed(op: Operator, view: View, event_type: str | None, body: 
                 if n in op.memory.ready_users or view.user_exists(n)
             ]
             try:
-                await add_members(op, team_id, adds)
-                await remove_members(op, team_id, removes)
+                if attempt:
+                    adds, removes = await compare_members(op, view, group, team_id)
+                else:
+                    await add_members(op, team_id, adds)
+                    await remove_members(op, team_id, removes)
             except LiteLLMError as exc:
                 metrics.FAILURES.labels("membership", failure_reason(exc)).inc()
                 await op.resources.update_status(GROUP, group, _failed(failure_reason(exc), str(exc)))
@@ -389,7 +411,10 @@ async def _flush_joins(op: Operator, view: View, group: str, team_id: str) -> No
                 if not batch or op.memory.teams.get(group) != team_id:
                     return  # nothing left, or the group was deleted meanwhile
                 try:
-                    await add_members(op, team_id, batch)
+                    if attempt:
+                        batch, _ = await compare_members(op, view, group, team_id)
+                    else:
+                        await add_members(op, team_id, batch)
                 except LiteLLMError as exc:
                     op.memory.pending_joins.setdefault(group, set()).update(batch)
                     attempt += 1
@@ -398,7 +423,7 @@ async def _flush_joins(op: Operator, view: View, group: str, team_id: str) -> No
                     continue
                 attempt = 0
                 target = await op.resources.update_status(GROUP, group, _ok(team_id, view, group))
-            if target is not None:
+            if target is not None and batch:
                 gref = ref(GROUP, op.namespace, group, target["metadata"].get("uid"))
                 emit(
                     gref,

@@ -133,9 +133,10 @@ class LiteLLM:
         body: dict[str, Any] | None = None,
     ) -> Any:
         endpoint = path
-        started = time.perf_counter()
         status_label = "error"
         async with self._limit:
+            # Latency is LiteLLM's answer time, not time spent waiting for a free slot here.
+            started = time.perf_counter()
             try:
                 async with self._http().request(method, self._url + path, params=params, json=body) as resp:
                     status_label = str(resp.status)
