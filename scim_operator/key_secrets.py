@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from scim_contract import API_GROUP
@@ -98,9 +99,20 @@ def labels(ref: KeyRef) -> dict[str, str]:
     return result
 
 
+def rfc3339(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def epoch(value: str) -> float:
+    """Seconds since the epoch from an RFC 3339 time; ValueError when it is none."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
 @dataclass(frozen=True)
 class Retiring:
-    """A replaced key that stays valid until ``delete_at`` (epoch seconds), then is deleted."""
+    """A replaced key that stays valid until ``delete_at`` (epoch seconds), then is deleted. Stored
+    as its hash and an RFC 3339 deadline: enough to delete it, useless to anyone reading the Secret's
+    annotations."""
 
     key_hash: str
     delete_at: float
@@ -112,7 +124,7 @@ def retiring(annotations: Mapping[str, str] | None) -> list[Retiring]:
         return []
     try:
         items = json.loads(raw)
-        return [Retiring(str(i["hash"]), float(i["deleteAt"])) for i in items]
+        return [Retiring(str(i["hash"]), epoch(str(i["deleteAt"]))) for i in items]
     except (ValueError, KeyError, TypeError):
         return []
 
@@ -120,7 +132,7 @@ def retiring(annotations: Mapping[str, str] | None) -> list[Retiring]:
 def retiring_value(items: list[Retiring]) -> str | None:
     if not items:
         return None
-    return json.dumps([{"hash": r.key_hash, "deleteAt": r.delete_at} for r in items], separators=(",", ":"))
+    return json.dumps([{"hash": r.key_hash, "deleteAt": rfc3339(r.delete_at)} for r in items], separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -146,7 +158,7 @@ def read(secret: Mapping[str, Any]) -> Delivered | None:
     group_ns, _, group = str(ann[ANN_GROUP]).partition("/")
     ref = KeyRef(group_ns, group, ann.get(ANN_USER) or None, str(meta.get("namespace")))
     try:
-        issued = float(ann.get(ANN_ISSUED) or 0)
+        issued = epoch(str(ann.get(ANN_ISSUED) or ""))
     except ValueError:
         issued = 0.0
     return Delivered(
@@ -177,7 +189,7 @@ def secret_body(
         ANN_GROUP: f"{ref.source_namespace}/{ref.group}",
         ANN_HASH: key_hash,
         ANN_ALIAS: key_alias(ref),
-        ANN_ISSUED: f"{issued_at:.3f}",
+        ANN_ISSUED: rfc3339(issued_at),
         ANN_ROTATION: rotation_request,
     }
     if ref.user:
