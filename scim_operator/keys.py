@@ -226,7 +226,6 @@ async def _deliver(
         retiring_keys=retiring,
         owner=_owner(op, ref, group_obj),
     )
-    del plaintext
     try:
         await _write(op, body)
     except KeyDeliveryError:
