@@ -62,7 +62,25 @@ def _names(ids: list[str], display: dict[str, str], limit: int = 10) -> str:
 
 async def add_members(op: Operator, team_id: str, user_ids: list[str]) -> None:
     for start in range(0, len(user_ids), ADD_BATCH):
-        await op.litellm.member_add(team_id, user_ids[start : start + ADD_BATCH])
+        await _add_chunk(op, team_id, user_ids[start : start + ADD_BATCH])
+
+
+async def _add_chunk(op: Operator, team_id: str, user_ids: list[str]) -> None:
+    try:
+        await op.litellm.member_add(team_id, user_ids)
+    except LiteLLMError as exc:
+        # LiteLLM adds a list in one database transaction with a 5 s limit: a busy proxy answers a
+        # large list with a 500 ("Transaction already closed"). Halves still get through, and a list
+        # that partly landed is harmless (members already in the team are skipped).
+        if exc.status < 500 or len(user_ids) < 2:
+            raise
+        log.info(
+            "member_add too large for LiteLLM right now; splitting",
+            extra={"fields": {"team": team_id, "members": len(user_ids), "error": exc.message[:200]}},
+        )
+        half = len(user_ids) // 2
+        await _add_chunk(op, team_id, user_ids[:half])
+        await _add_chunk(op, team_id, user_ids[half:])
 
 
 async def remove_members(op: Operator, team_id: str, user_ids: list[str]) -> None:
@@ -90,7 +108,6 @@ async def _ensure_team(
                 }
             )
             out.events.append(("Created", f"created LiteLLM team {team_id}"))
-            metrics.MANAGED.labels("team").inc()
             return None
         except LiteLLMError as exc:
             if "already exists" not in exc.message.lower():
@@ -288,7 +305,6 @@ async def delete(op: Operator, view: View, body: Any, retry: int) -> None:
             raise retry_later(exc, retry) from None
         finally:
             op.memory.forget_lock("group", name)
-    metrics.MANAGED.labels("team").dec()
     emit(body, "Deleted", f"deleted LiteLLM team {team_id}")
 
 
