@@ -220,7 +220,7 @@ def _status_ok(
         "litellm": {"teamId": team_id, "members": members},
         "policy": view.memory.group_policies.get(name, ("", 0))[0],
         "keys": keys.status_of(view.memory, name),
-        "conditions": conds,
+        "conditions": keys.keys_condition(view.memory, name, conds, gen),
     }
 
 

@@ -24,7 +24,7 @@ from scim_contract import GROUP, KeySpec
 from scim_operator import key_secrets as ks
 from scim_operator.context import Operator
 from scim_operator.litellm_api import LiteLLMError
-from scim_operator.objects import owner_value, user_id_for
+from scim_operator.objects import owner_value, set_condition, user_id_for
 from scim_operator.policies import Policy, seconds
 from scim_operator.state import Memory, View
 
@@ -72,6 +72,22 @@ def status_of(memory: Memory, group: str) -> dict[str, Any]:
     return {"issued": len(delivered), "namespaces": sorted({ns for ns, _ in delivered})}
 
 
+def keys_condition(
+    memory: Memory, group: str, conditions: list[dict[str, Any]] | None, generation: int | None
+) -> list[dict[str, Any]]:
+    """``KeysDelivered`` on groups that have or had keys: False with the reason while a key cannot
+    be delivered (the Events name each Secret)."""
+    failure = memory.key_failures.get(group)
+    if failure is not None:
+        return set_condition(conditions, "KeysDelivered", False, "KeyDeliveryFailed", failure, generation)
+    if memory.group_keys.get(group) or any(c.get("type") == "KeysDelivered" for c in conditions or []):
+        issued = len(memory.group_keys.get(group) or ())
+        return set_condition(
+            conditions, "KeysDelivered", True, "Delivered", f"{issued} key Secret(s) delivered", generation
+        )
+    return list(conditions or [])
+
+
 def wants_keys(policy: Policy | None) -> bool:
     member, team = _specs(policy)
     return member is not None or team is not None
@@ -87,9 +103,15 @@ def _failed(what: str, exc: ApiException) -> KeyDeliveryError:
     return KeyDeliveryError(f"{what}: HTTP {exc.status} {exc.reason or ''}".strip())
 
 
-async def list_delivered(op: Operator, namespaces: Iterable[str], group: str) -> list[ks.Delivered]:
+async def list_delivered(
+    op: Operator, namespaces: Iterable[str], group: str, user: str | None = None
+) -> list[ks.Delivered]:
+    """The group's key Secrets (only ``user``'s when given: one user's change lists a few Secrets,
+    not the whole group's)."""
     found: list[ks.Delivered] = []
     selector = ks.group_selector(op.namespace, group)
+    if user is not None:
+        selector += f",{ks.LABEL_USER}={ks.label_value(user)}"
     for ns in sorted(set(namespaces)):
         try:
             listing = await op.resources.core.list_namespaced_secret(ns, label_selector=selector)
@@ -312,12 +334,14 @@ async def sync_group(
         return []  # no keys wanted, none given out: no Secret listing for groups without key policies
     delivered = op.memory.group_keys.setdefault(group, set())
     namespaces = {op.namespace, *recorded, *(ns for ns, _ in delivered), *(r.namespace for r in wanted)}
-    existing = await list_delivered(op, namespaces, group)
+    single = next(iter(only)) if only is not None and len(only) == 1 else None
+    existing = await list_delivered(op, namespaces, group, single)
     if only is not None:
         existing = [d for d in existing if d.ref.user in only]
     else:
         delivered.clear()
     repair = op.memory.key_repairs.pop(group, set())
+    failures: list[str] = []
     events: Events = []
     by_ref = {d.ref: d for d in existing}
     now = time.time()
@@ -340,8 +364,15 @@ async def sync_group(
         except KeyDeliveryError as exc:
             log.warning("key not delivered", extra={"fields": {"group": group, "error": str(exc)}})
             events.append(("KeyDeliveryFailed", f"{_describe(ref)} not delivered: {exc}"))
+            failures.append(str(exc))
             continue
         delivered.add((ref.namespace, ks.secret_name(ref)))
+    if failures:
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        op.memory.key_failures[group] = failures[0] + more
+    elif only is None:
+        # Only a full sync knows that every key of the group is delivered.
+        op.memory.key_failures.pop(group, None)
     return events
 
 

@@ -76,7 +76,15 @@ async def _sync_keys(op: Operator, view: View, group: str, only: set[str] | None
     async with op.memory.lock("group", group):
         events = await keys.sync_group(op, view, group, team_id, policy, only=only)
         target = await op.resources.update_status(
-            GROUP, group, lambda st, _o: {**st, "keys": keys.status_of(op.memory, group)}
+            GROUP,
+            group,
+            lambda st, o: {
+                **st,
+                "keys": keys.status_of(op.memory, group),
+                "conditions": keys.keys_condition(
+                    op.memory, group, st.get("conditions"), o["metadata"].get("generation")
+                ),
+            },
         )
     if target is not None:
         gref = ref(GROUP, op.namespace, group, target["metadata"].get("uid"))

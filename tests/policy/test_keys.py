@@ -82,6 +82,8 @@ async def test_member_and_team_keys_are_delivered_and_revoked(
     assert f"{other_ns}/{team_secret}" in events[0]
     assert await _keys_with_alias(admin, f"scim:{namespace}:{group}:@team@{other_ns}") == []
     assert (await secret_data(kube_rw, team_secret, other_ns)) == {"api-key": "not-ours"}
+    cond = await eventually(lambda: _condition(kube_rw, group, "KeysDelivered", "False"), what="condition")
+    assert "not managed by this operator" in cond["message"]
 
     async def status_keys() -> dict[str, Any] | None:
         obj = await kube_rw.get(c.GROUP, group)
@@ -131,3 +133,39 @@ async def _absent(kube: Kube, name: str) -> bool:
 
 async def _events_with(kube: Kube, name: str, reason: str) -> list[str]:
     return [m for _, r, m in await kube.events(name) if r == reason]
+
+
+async def _condition(kube: Kube, name: str, ctype: str, status: str) -> dict[str, Any] | None:
+    cond = await kube.condition(c.GROUP, name, ctype)
+    return cond if cond and cond["status"] == status else None
+
+
+async def test_deleting_a_policy_falls_back_to_the_default_and_revokes_its_keys(
+    start_operator: Callable[..., OperatorProcess], kube_rw: Kube, admin: Admin, ids: Callable[[str], str],
+    namespace: str,
+) -> None:
+    start_operator(drift_interval="600")
+    group = ids("bots")
+    await put_policy(kube_rw, "everyone", {"default": True, "team": {"maxBudget": 1}})
+    await put_policy(kube_rw, "bots", {"selector": {"displayNamePattern": "bots*"}, "team": {"maxBudget": 9},
+                                       "keys": {"perTeam": {"enabled": True}}})
+    await kube_rw.create(c.GROUP, group, {"displayName": f"Bots {namespace}"})
+    name = f"litellm-team-key-{group}"
+    key = (await eventually(lambda: secret_data(kube_rw, name), what="team key"))["api-key"]
+    assert await admin.models_status(key) == 200
+
+    await kube_rw.delete(c.POLICY, "bots")
+    await eventually(lambda: _policy_gone(kube_rw, "bots"), within=15, what="policy deleted (finalizer released)")
+    await eventually(lambda: _status_is(admin, key, 401), within=15, what="key of the deleted policy revoked")
+    await eventually(lambda: _absent(kube_rw, name), within=10, what="its Secret removed")
+
+    async def fell_back() -> bool:
+        obj = await kube_rw.get(c.GROUP, group)
+        team = await admin.team(group)
+        return ((obj or {}).get("status") or {}).get("policy") == "everyone" and (team or {}).get("max_budget") == 1.0
+
+    await eventually(fell_back, within=15, what="default policy in effect")
+
+
+async def _policy_gone(kube: Kube, name: str) -> bool:
+    return await kube.get(c.POLICY, name) is None
