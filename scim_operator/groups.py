@@ -280,6 +280,7 @@ async def delete(op: Operator, view: View, body: Any, retry: int) -> None:
     except LiteLLMError as exc:
         raise retry_later(exc, retry) from None
     op.memory.group_policies.pop(name, None)
+    op.memory.key_failures.pop(name, None)
     if not team_id:
         return
     if ((policy.spec.deletionPolicy if policy else None) or op.settings.deletion_policy) == "keep":
