@@ -70,7 +70,9 @@ class Informer:
 
     async def _run(self) -> None:
         delay = 0.2
-        need_list = True
+        # A restarted informer resumes its watch where it stopped; the API server answers 410 Gone
+        # when that point has left its history, and the copy is listed again.
+        need_list = not self.synced.is_set()
         while True:
             try:
                 if need_list:

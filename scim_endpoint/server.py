@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 
@@ -62,13 +63,25 @@ async def serve(settings: EndpointSettings, stop: asyncio.Event | None = None) -
             log.error("cannot listen: %s", exc)
             await _shutdown(runners, store, tokens)
             return 1
+        freezer = asyncio.create_task(_freeze_after_sync(store))
         log.info("SCIM endpoint listening", extra={"fields": {
             "host": settings.host, "port": settings.port, "namespace": settings.namespace,
             "metrics_port": settings.metrics_port}})
         await stop.wait()
         log.info("shutting down")
+        freezer.cancel()
         await _shutdown(runners, store, tokens)
     return 0
+
+
+async def _freeze_after_sync(store: Store) -> None:
+    """The initial cache lives as long as the process: take it out of the cyclic garbage collector's
+    full scans, which otherwise walk every cached object (pauses of ~100 ms with 10,000 users)."""
+    await store.wait_ready()
+    gc.collect()
+    gc.freeze()
+    log.info("caches synced", extra={"fields": {"users": len(store.users.objects),
+                                                "groups": len(store.groups.objects)}})
 
 
 async def _shutdown(runners: list[web.AppRunner], store: Store, tokens: Tokens) -> None:

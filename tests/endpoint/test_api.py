@@ -6,34 +6,10 @@ import json
 from typing import Any
 
 import pytest
-from conftest import SCIM, Scim
+from scim_http import ENTERPRISE, GROUP, SCIM, USER, Scim, assert_error, patch_body, user_body
 from stored import stored_claims, stored_group, stored_members, stored_shards, stored_user
 
 from scim_contract import SHARDS, claim_name, shard_name, shard_of
-
-USER = "urn:ietf:params:scim:schemas:core:2.0:User"
-GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
-ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
-PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
-
-
-def user_body(user_name: str, **extra: Any) -> dict[str, Any]:
-    return {"schemas": [USER], "userName": user_name, **extra}
-
-
-def patch_body(*ops: dict[str, Any]) -> dict[str, Any]:
-    return {"schemas": [PATCH], "Operations": list(ops)}
-
-
-def assert_error(resp: Any, status: int, scim_type: str | None = None) -> None:
-    assert resp.status == status, resp.text
-    assert resp.headers["Content-Type"].startswith(SCIM)
-    assert resp.body["schemas"] == [ERROR]
-    assert resp.body["status"] == str(status)
-    assert resp.body["detail"]
-    if scim_type:
-        assert resp.body.get("scimType") == scim_type
 
 
 async def test_user_lifecycle_is_stored_as_a_scim_user(scim: Scim) -> None:
@@ -258,7 +234,7 @@ async def test_fifty_thousand_member_group_over_http(scim: Scim) -> None:
 
 async def test_metrics_count_requests_by_route(kube_api: Any, namespace: str, token: str) -> None:
     from aiohttp.test_utils import TestClient, TestServer
-    from conftest import TOKEN_SECRET
+    from scim_http import TOKEN_SECRET
 
     from scim_endpoint.app import create_app
     from scim_endpoint.auth import Tokens
@@ -292,7 +268,7 @@ async def test_metrics_count_requests_by_route(kube_api: Any, namespace: str, to
 
 async def test_api_server_failures_are_503_scim_errors(kubeconfig: str, namespace: str, token: str) -> None:
     from aiohttp.test_utils import TestClient, TestServer
-    from conftest import TOKEN_SECRET
+    from scim_http import TOKEN_SECRET
 
     from litellm_scim import kube
     from scim_endpoint.app import create_app
