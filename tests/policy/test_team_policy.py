@@ -125,3 +125,21 @@ async def _drifted(kube: Kube, name: str) -> dict[str, Any] | None:
 
 async def _gone(kube: Kube, name: str) -> bool:
     return await kube.get(c.GROUP, name) is None
+
+
+async def test_team_id_strategy_from_the_policy(
+    start_operator: Callable[..., OperatorProcess], kube_rw: Kube, admin: Admin, ids: Callable[[str], str],
+    namespace: str,
+) -> None:
+    start_operator(drift_interval="600")  # the operator flag says "name"
+    group, external = ids("sso"), ids("entra-object-id")
+    await put_policy(kube_rw, "sso", {"selector": {"externalIds": [external]}, "teamIdStrategy": "externalId"})
+    await kube_rw.create(c.GROUP, group, {"displayName": f"SSO {namespace}", "externalId": external})
+
+    async def team_id() -> str | None:
+        obj = await kube_rw.get(c.GROUP, group)
+        return (((obj or {}).get("status") or {}).get("litellm") or {}).get("teamId")
+
+    assert await eventually(team_id, what="team id in status") == external
+    assert await admin.team(external) is not None
+    assert await admin.team(group) is None
