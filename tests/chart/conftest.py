@@ -1,0 +1,62 @@
+"""Fixtures for the chart tests: helm from the kube-clis kit, a renderer, and a NOTES-rendering copy."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helmchart import CHART, REPO, REQUIRED_VALUES, Manifests, Render, deep_merge, run_helm_template
+
+
+@pytest.fixture(scope="session")
+def helm(kube_bin: Path) -> Path:
+    return kube_bin / "helm"
+
+
+@pytest.fixture(scope="session")
+def render(helm: Path, tmp_path_factory: pytest.TempPathFactory) -> Render:
+    """render(values=None, *, release, namespace, required=True, chart=CHART, extra_args=()) -> Manifests."""
+    tmp = tmp_path_factory.mktemp("helm-values")
+
+    def _render(values: dict[str, Any] | None = None, *, release: str = "scim", namespace: str = "identity",
+                required: bool = True, chart: Path = CHART, extra_args: tuple[str, ...] = ()) -> Manifests:
+        merged = deep_merge(REQUIRED_VALUES if required else {}, values or {})
+        out = run_helm_template(helm, chart, merged, release=release, namespace=namespace, tmp=tmp,
+                                extra_args=extra_args)
+        docs = [d for d in yaml.safe_load_all(out) if d]
+        return Manifests(docs=docs, release=release, namespace=namespace)
+
+    return _render
+
+
+@pytest.fixture(scope="session")
+def notes_chart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A copy of the chart that also renders its NOTES text into a ConfigMap, because
+    `helm template` never renders NOTES.txt and `helm install --dry-run` needs a full cluster."""
+    root = tmp_path_factory.mktemp("notes-chart") / CHART.name
+    shutil.copytree(CHART, root)
+    (root / "templates" / "zz-rendered-notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: rendered-notes\ndata:\n"
+        "  notes: |\n    {{- include \"lso.notes\" . | nindent 4 }}\n"
+    )
+    yield root
+
+
+@pytest.fixture(scope="session")
+def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project as the image installs it: `pip wheel . --no-deps`, then that wheel (and its pinned
+    dependencies) into a fresh virtualenv. Returns the venv's bin directory."""
+    root = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-q", "-w", str(root / "dist")],
+                   cwd=REPO, check=True, capture_output=True)
+    (wheel,) = (root / "dist").glob("litellm_scim_operator-*.whl")
+    subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True, capture_output=True)
+    bin_dir = root / "venv" / "bin"
+    subprocess.run([str(bin_dir / "pip"), "install", "-q", str(wheel)], check=True, capture_output=True)
+    return bin_dir
