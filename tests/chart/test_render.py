@@ -224,7 +224,9 @@ def test_token_secret_is_generated_kept_and_well_formed(default: Manifests, cust
     (name,) = secret["data"]
     assert name == "default"
     token = base64.b64decode(secret["data"][name]).decode()
-    assert len(token) >= 43 and token.isalnum(), "at least 256 bits of randomness from a 62-letter alphabet"
+    prefix, _, random_part = token.partition("_")
+    assert prefix == "scim", "same shape as the tokens `litellm-scim token create` makes"
+    assert len(random_part) >= 43 and random_part.isalnum(), "at least 256 bits from a 62-letter alphabet"
     created = secret["metadata"]["annotations"][f"tokens.scim.litellm-operator.dev/{name}"]
     assert datetime.datetime.fromisoformat(created).tzinfo is not None
     # Without a cluster to look into, every render draws a new token (never a constant).
