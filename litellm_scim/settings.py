@@ -69,3 +69,9 @@ class OperatorSettings(CommonSettings):
     metrics_port: int = Field(9090, description="Port of the Prometheus /metrics endpoint (0 disables it)")
     peering: str = Field("litellm-scim-operator", description="Kopf peering name (one active replica)")
     standalone: bool = Field(False, description="Run without peering (no standby replica)")
+    peering_priority: int = Field(
+        0, description="Kopf peering priority; the highest-priority replica works, others stand by (0: random)"
+    )
+    peering_lifetime: int = Field(
+        60, description="Seconds after its last heartbeat before a silent replica is considered dead"
+    )

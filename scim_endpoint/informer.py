@@ -1,0 +1,221 @@
+"""An in-memory copy of one Kubernetes resource collection, kept current by list + watch.
+
+The endpoint answers reads from these copies so a list or filter never costs an API call per object.
+Each informer lists once (in pages), then watches from the list's resourceVersion; a 410 Gone (the
+watch fell out of the API server's history) triggers a fresh list. Writes made by this process are
+applied from the API server's response at once (``apply``/``forget``), so this replica reads its own
+writes without waiting for the watch.
+
+resourceVersions are compared as integers: the API server documents them as opaque, but every
+etcd-backed server hands out the etcd revision, and ordering them is what makes "has the watch caught
+up with revision R" answerable at all (``wait_for``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from kubernetes_asyncio.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+ListFn = Callable[..., Awaitable[Any]]
+# (name, old object or None, new object or None) after each change of the copy.
+Listener = Callable[[str, Obj | None, Obj | None], None]
+
+WATCH_SECONDS = 290
+PAGE = 500
+
+
+def rv_of(obj: Obj) -> int:
+    try:
+        return int(obj["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
+def _slim(obj: Obj) -> Obj:
+    # managedFields is most of an object's size and nothing here reads it.
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+    return obj
+
+
+class Informer:
+    def __init__(self, kind: str, list_fn: ListFn, **selector: str) -> None:
+        self.kind = kind
+        self._list_fn = list_fn
+        self._selector = selector
+        self.objects: dict[str, Obj] = {}
+        # Highest revision the watch (or a list) has delivered: where a new watch resumes.
+        self.rv = 0
+        # Highest revision this copy is known to include (rv, or a barrier's revision, see wait_for).
+        self.confirmed = 0
+        self.synced = asyncio.Event()
+        self.listeners: list[Listener] = []
+        self._tombstones: dict[str, int] = {}
+        self._changed = asyncio.Event()
+        self._last_event = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"informer-{self.kind}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        delay = 0.2
+        need_list = True
+        while True:
+            try:
+                if need_list:
+                    await self._list()
+                    need_list = False
+                await self._watch()
+                delay = 0.2
+            except asyncio.CancelledError:
+                raise
+            except ApiException as exc:
+                if exc.status == 410:
+                    log.info("watch of %s expired; listing again", self.kind)
+                    need_list = True
+                    continue
+                log.warning("watch of %s failed: %s %s; retrying", self.kind, exc.status, exc.reason)
+            except Exception as exc:
+                log.warning("watch of %s failed: %s; retrying", self.kind, type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    # ---- list + watch ----------------------------------------------------------------------------
+    async def _list(self) -> None:
+        items: dict[str, Obj] = {}
+        cont: str | None = None
+        list_rv = 0
+        while True:
+            kwargs: dict[str, Any] = {"limit": PAGE, **self._selector}
+            if cont:
+                kwargs["_continue"] = cont
+            resp = await self._list_fn(**kwargs, _preload_content=False)
+            body = json.loads(await resp.read())
+            if not list_rv:
+                list_rv = int(body["metadata"]["resourceVersion"])
+            for item in body.get("items") or []:
+                items[item["metadata"]["name"]] = _slim(item)
+            cont = body["metadata"].get("continue")
+            if not cont:
+                break
+        old = self.objects
+        self.objects = items
+        self._tombstones.clear()
+        for name in set(old) | set(items):
+            before, after = old.get(name), items.get(name)
+            if before is not after and (before is None or after is None or rv_of(before) != rv_of(after)):
+                self._notify(name, before, after)
+        self._advance(list_rv)
+        self.synced.set()
+
+    async def _watch(self) -> None:
+        resp = await self._list_fn(
+            **self._selector, watch=True, resource_version=str(self.rv), allow_watch_bookmarks=True,
+            timeout_seconds=WATCH_SECONDS, _preload_content=False, _request_timeout=WATCH_SECONDS + 30,
+        )
+        # Lines can exceed aiohttp's readline limit (a shard of a large group is ~300 KB): split here.
+        buffer = b""
+        async with resp:
+            async for chunk in resp.content.iter_any():
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        self._event(json.loads(line))
+
+    def _event(self, event: Obj) -> None:
+        kind, obj = event.get("type"), event.get("object") or {}
+        if kind == "ERROR":
+            raise ApiException(status=int(obj.get("code") or 500), reason=str(obj.get("message", "")))
+        self._last_event = asyncio.get_running_loop().time()
+        rv = rv_of(obj)
+        if kind == "BOOKMARK":
+            self._advance(rv)
+            return
+        name = obj["metadata"]["name"]
+        if kind == "DELETED":
+            self._tombstones.pop(name, None)
+            old = self.objects.pop(name, None)
+            if old is not None:
+                self._notify(name, old, None)
+        else:
+            self._put(_slim(obj))
+        self._advance(rv)
+
+    # ---- local updates from this process's writes -------------------------------------------------
+    def apply(self, obj: Obj) -> None:
+        """Take an object returned by a write, unless the copy already holds a newer one."""
+        self._put(_slim(obj))
+
+    def forget(self, name: str) -> None:
+        """Drop an object this process deleted; older watch events for it are then ignored."""
+        old = self.objects.pop(name, None)
+        self._tombstones[name] = max(self._tombstones.get(name, 0), rv_of(old) if old else 0)
+        if old is not None:
+            self._notify(name, old, None)
+
+    def _put(self, obj: Obj) -> None:
+        name = obj["metadata"]["name"]
+        rv = rv_of(obj)
+        if rv <= self._tombstones.get(name, -1):
+            return
+        old = self.objects.get(name)
+        if old is not None and rv_of(old) >= rv:
+            return
+        self._tombstones.pop(name, None)
+        self.objects[name] = obj
+        self._notify(name, old, obj)
+
+    def _notify(self, name: str, old: Obj | None, new: Obj | None) -> None:
+        for listener in self.listeners:
+            listener(name, old, new)
+
+    def _advance(self, rv: int) -> None:
+        if rv > self.rv:
+            self.rv = rv
+        if self.rv > self.confirmed:
+            self.confirmed = self.rv
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # ---- freshness ------------------------------------------------------------------------------
+    async def wait_for(self, revision: int, quiet: float, max_wait: float) -> None:
+        """Return once this copy includes every change up to ``revision``.
+
+        The watch reaching ``revision`` proves it. A collection nobody wrote to has no event to
+        deliver, so its watch never moves: when no event arrived for ``quiet`` seconds after the
+        question was asked (the API server delivers a committed change to open watches within
+        milliseconds), the copy is taken as current up to ``revision``."""
+        if self.confirmed >= revision:
+            return
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while self.rv < revision:
+            now = loop.time()
+            idle = now - max(self._last_event, start)
+            if idle >= quiet or now - start >= max_wait:
+                break
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), quiet - idle)
+        if revision > self.confirmed:
+            self.confirmed = revision

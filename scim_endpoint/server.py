@@ -1,0 +1,76 @@
+"""``litellm-scim endpoint``: serve the SCIM API until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+
+from litellm_scim import kube
+from litellm_scim.logs import setup_logging
+from litellm_scim.settings import EndpointSettings
+from scim_endpoint.app import create_app
+from scim_endpoint.auth import Tokens
+from scim_endpoint.metrics import Metrics
+from scim_endpoint.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def run(settings: EndpointSettings) -> int:
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        return asyncio.run(serve(settings))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def serve(settings: EndpointSettings, stop: asyncio.Event | None = None) -> int:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        api = await kube.api_client(settings.kubeconfig)
+    except Exception as exc:
+        log.error("cannot load the Kubernetes configuration: %s", exc)
+        return 2
+    async with api:
+        store = Store(api, settings.namespace)
+        tokens = Tokens(api, settings.namespace, settings.token_secret)
+        metrics = Metrics(store)
+        store.start()
+        tokens.start()
+        app = create_app(store, tokens, max_results=settings.max_results, max_body_bytes=settings.max_body_bytes,
+                         base_url=settings.base_url, metrics=metrics)
+        runners = [web.AppRunner(app, access_log=None)]
+        if settings.metrics_port:
+            runners.append(web.AppRunner(metrics.app(), access_log=None))
+        try:
+            await runners[0].setup()
+            await web.TCPSite(runners[0], settings.host, settings.port).start()
+            if len(runners) > 1:
+                await runners[1].setup()
+                await web.TCPSite(runners[1], settings.host, settings.metrics_port).start()
+        except OSError as exc:
+            log.error("cannot listen: %s", exc)
+            await _shutdown(runners, store, tokens)
+            return 1
+        log.info("SCIM endpoint listening", extra={"fields": {
+            "host": settings.host, "port": settings.port, "namespace": settings.namespace,
+            "metrics_port": settings.metrics_port}})
+        await stop.wait()
+        log.info("shutting down")
+        await _shutdown(runners, store, tokens)
+    return 0
+
+
+async def _shutdown(runners: list[web.AppRunner], store: Store, tokens: Tokens) -> None:
+    for runner in runners:
+        await runner.cleanup()
+    await tokens.stop()
+    await store.stop()

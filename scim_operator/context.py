@@ -1,0 +1,43 @@
+"""The things every controller needs, passed explicitly instead of living in globals."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import kopf
+
+from litellm_scim.settings import OperatorSettings
+from scim_operator.litellm_api import LiteLLM, LiteLLMError
+from scim_operator.resources import Resources
+from scim_operator.state import Memory
+
+
+@dataclass
+class Operator:
+    settings: OperatorSettings
+    litellm: LiteLLM
+    resources: Resources
+    memory: Memory
+
+    @property
+    def namespace(self) -> str:
+        return self.settings.namespace
+
+    def jittered_drift_interval(self) -> float:
+        # +-20 %: thousands of resources created together must not all hit LiteLLM in the same second.
+        return float(self.settings.drift_interval) * random.uniform(0.8, 1.2)  # noqa: S311
+
+
+class NotOwned(Exception):
+    """The LiteLLM object with our id carries no (or another resource's) ownership tag."""
+
+
+def retry_later(exc: LiteLLMError, retry: int) -> kopf.TemporaryError:
+    """Backoff for Kopf: quick while LiteLLM is briefly away, slower when it refuses the request."""
+    delay = min(30.0, 1.0 * 2 ** min(retry, 5)) if exc.transient else 60.0
+    return kopf.TemporaryError(str(exc), delay=delay)
+
+
+def failure_reason(exc: LiteLLMError) -> str:
+    return "LiteLLMUnavailable" if exc.transient else "LiteLLMRejected"

@@ -1,0 +1,444 @@
+"""ScimGroup -> LiteLLM team; its ScimMemberShards -> team members.
+
+Two paths keep members right: the group handler (create/resume/drift) compares the whole team with
+the union of the shards (level-based, used after restarts), and the shard handler applies only the
+difference between a shard's previous and new member list, so one member added to a 50,000-member
+group costs one LiteLLM call."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from scim_contract import GROUP, USER, ScimGroupSpec
+from scim_operator import metrics
+from scim_operator.context import NotOwned, Operator, failure_reason, retry_later
+from scim_operator.litellm_api import LiteLLMError
+from scim_operator.objects import (
+    membership_differences,
+    merged_metadata,
+    now,
+    ownership,
+    set_condition,
+    team_id_for,
+    team_members,
+    user_id_for,
+)
+from scim_operator.resources import emit, ref
+from scim_operator.state import View
+
+log = logging.getLogger(__name__)
+
+# Members per /team/member_add call: one call for ordinary groups, bounded bodies for huge ones.
+ADD_BATCH = 500
+
+
+@dataclass
+class Outcome:
+    team_id: str
+    members: int
+    events: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _spec(body: Any) -> ScimGroupSpec:
+    try:
+        return ScimGroupSpec.model_validate(dict(body.get("spec") or {}))
+    except ValidationError as exc:
+        raise kopf.PermanentError(f"invalid ScimGroup spec: {exc.errors()[0]['msg']}") from None
+
+
+def _names(ids: list[str], display: dict[str, str], limit: int = 10) -> str:
+    shown = ", ".join(display.get(i, i) for i in ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+async def add_members(op: Operator, team_id: str, user_ids: list[str]) -> None:
+    for start in range(0, len(user_ids), ADD_BATCH):
+        await op.litellm.member_add(team_id, user_ids[start : start + ADD_BATCH])
+
+
+async def remove_members(op: Operator, team_id: str, user_ids: list[str]) -> None:
+    await asyncio.gather(*(op.litellm.member_delete(team_id, uid) for uid in user_ids))
+
+
+async def _ensure_team(
+    op: Operator, name: str, spec: ScimGroupSpec, team_id: str, out: Outcome, known: bool
+) -> dict[str, Any] | None:
+    """The team's current /team/info, or None when it was just created (so it has no members).
+    ``known``: the status says the team was created before; a new group goes straight to create."""
+    s = op.settings
+    info = await op.litellm.team_info(team_id) if known else None
+    if info is None:
+        try:
+            await op.litellm.team_new(
+                {
+                    "team_id": team_id,
+                    "team_alias": spec.displayName,
+                    "metadata": merged_metadata({}, s.owner_tag, op.namespace, name),
+                }
+            )
+            out.events.append(("Created", f"created LiteLLM team {team_id}"))
+            metrics.MANAGED.labels("team").inc()
+            return None
+        except LiteLLMError as exc:
+            if "already exists" not in exc.message.lower():
+                raise
+            info = await op.litellm.team_info(team_id)
+            if info is None:
+                raise
+    owner = ownership(info.get("metadata"), s.owner_tag, op.namespace, name)
+    if owner == "foreign" or (owner == "untagged" and not s.adopt):
+        raise NotOwned(
+            f"LiteLLM team {team_id} exists without this resource's ownership tag "
+            f"({s.owner_tag}={op.namespace}/{name}); not modified (enable --adopt to take it over)"
+        )
+    if info.get("team_alias") != spec.displayName or owner != "owned":
+        await op.litellm.team_update(
+            {
+                "team_id": team_id,
+                "team_alias": spec.displayName,
+                "metadata": merged_metadata(info.get("metadata"), s.owner_tag, op.namespace, name),
+            }
+        )
+        what = (
+            f"alias {info.get('team_alias')!r} -> {spec.displayName!r}"
+            if info.get("team_alias") != spec.displayName
+            else "ownership tag added (adopted)"
+        )
+        out.events.append(("Updated", f"updated LiteLLM team {team_id}: {what}"))
+    return info
+
+
+async def apply_group(
+    op: Operator, view: View, name: str, spec: ScimGroupSpec, known: bool = True
+) -> Outcome:
+    team_id = team_id_for(name, spec, op.settings.team_id_strategy)
+    out = Outcome(team_id=team_id, members=0)
+    info = await _ensure_team(op, name, spec, team_id, out, known)
+    # Mark the team usable, then read the desired members with no await in between: a shard change
+    # either sees the team (and applies its own difference) or happened before this read.
+    op.memory.teams[name] = team_id
+    desired = view.desired_members(name)
+    shards = list(view.shards.get(name) or ())
+    current = team_members(info) if info is not None else {}
+    adds, removes = membership_differences(desired, current)
+    await add_members(op, team_id, adds)
+    await remove_members(op, team_id, removes)
+    for shard, users, _nested in shards:
+        op.memory.applied_shards[shard] = frozenset(users)
+    if adds:
+        out.events.append(
+            ("MembersAdded", f"added {len(adds)} member(s) to team {team_id}: {_names(adds, desired)}")
+        )
+    if removes:
+        out.events.append(
+            (
+                "MembersRemoved",
+                f"removed {len(removes)} member(s) from team {team_id}: {_names(removes, current)}",
+            )
+        )
+    out.members = len(desired)
+    return out
+
+
+def _status_ok(
+    st: dict[str, Any], obj: dict[str, Any], team_id: str, view: View, name: str
+) -> dict[str, Any]:
+    gen = obj["metadata"].get("generation")
+    _, listed = view.group_member_ids(name)
+    members = len(view.desired_members(name))
+    conds = set_condition(
+        st.get("conditions"), "Synced", True, "Synced", f"LiteLLM team {team_id} matches this group", gen
+    )
+    conds = set_condition(
+        conds, "Ready", True, "TeamReady", f"LiteLLM team {team_id} has {members} member(s)", gen
+    )
+    if not any(c.get("type") == "Drifted" for c in conds):
+        conds = set_condition(conds, "Drifted", False, "InSync", "no drift found", gen)
+    return {
+        **st,
+        "observedGeneration": gen,
+        "lastSyncTime": now(),
+        "members": listed,
+        "litellm": {"teamId": team_id, "members": members},
+        "conditions": conds,
+    }
+
+
+def _ok(team_id: str, view: View, name: str) -> Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]:
+    return lambda st, obj: _status_ok(st, obj, team_id, view, name)
+
+
+def _failed(reason: str, message: str) -> Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]:
+    """A status change: Synced and Ready False, with LiteLLM's own error message."""
+
+    def change(st: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
+        gen = obj["metadata"].get("generation")
+        conds = set_condition(st.get("conditions"), "Synced", False, reason, message, gen)
+        conds = set_condition(conds, "Ready", False, reason, message, gen)
+        return {**st, "conditions": conds}
+
+    return change
+
+
+async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
+    """The create/update/resume handler of a ScimGroup."""
+    name = body["metadata"]["name"]
+    spec = _spec(body)
+    async with op.memory.lock("group", name):
+        known = (body.get("status") or {}).get("litellm", {}).get("teamId") is not None
+        try:
+            out = await apply_group(op, view, name, spec, known)
+        except NotOwned as exc:
+            metrics.RECONCILES.labels("group", "not_owned").inc()
+            await op.resources.update_status(GROUP, name, _failed("NotOwned", str(exc)))
+            emit(body, "NotOwned", str(exc), warning=True)
+            return
+        except LiteLLMError as exc:
+            metrics.RECONCILES.labels("group", "error").inc()
+            metrics.FAILURES.labels("group", failure_reason(exc)).inc()
+            await op.resources.update_status(GROUP, name, _failed(failure_reason(exc), str(exc)))
+            raise retry_later(exc, retry) from None
+        await op.resources.update_status(
+            GROUP, name, lambda st, o: _status_ok(st, o, out.team_id, view, name)
+        )
+        metrics.RECONCILES.labels("group", "ok").inc()
+        for reason, message in out.events:
+            emit(body, reason, message)
+
+
+async def delete(op: Operator, body: Any, retry: int) -> None:
+    name = body["metadata"]["name"]
+    team_id = (body.get("status") or {}).get("litellm", {}).get("teamId")
+    op.memory.teams.pop(name, None)
+    if not team_id:
+        return
+    if op.settings.deletion_policy == "keep":
+        emit(body, "TeamKept", f"group deleted; LiteLLM team {team_id} kept (deletion policy 'keep')")
+        return
+    async with op.memory.lock("group", name):
+        try:
+            info = await op.litellm.team_info(team_id)
+            if info is None:
+                return
+            owner = ownership(info.get("metadata"), op.settings.owner_tag, op.namespace, name)
+            if owner != "owned":
+                emit(
+                    body,
+                    "NotOwned",
+                    f"LiteLLM team {team_id} is not managed by this group; left as is",
+                    warning=True,
+                )
+                return
+            await op.litellm.team_delete(team_id)
+        except LiteLLMError as exc:
+            metrics.FAILURES.labels("group", failure_reason(exc)).inc()
+            raise retry_later(exc, retry) from None
+        finally:
+            op.memory.forget_lock("group", name)
+    metrics.MANAGED.labels("team").dec()
+    emit(body, "Deleted", f"deleted LiteLLM team {team_id}")
+
+
+async def shard_changed(op: Operator, view: View, event_type: str | None, body: Any) -> None:
+    """A ScimMemberShard was listed, added, modified or deleted: apply its difference to the team.
+
+    Retries (with backoff) until LiteLLM accepts, so a difference is never dropped; meanwhile Kopf
+    coalesces further events of this shard, and the retry applies the newest content."""
+    shard = body["metadata"]["name"]
+    spec = body.get("spec") or {}
+    group = str(spec.get("group") or "")
+    if not group:
+        return
+    if event_type is None:
+        # Initial listing at start-up: the group's resume handler compares the whole team.
+        op.memory.applied_shards.setdefault(shard, frozenset(spec.get("users") or ()))
+        return
+    attempt = 0
+    while True:
+        async with op.memory.lock("group", group):
+            fresh = body.get("spec") or {}
+            users = frozenset() if event_type == "DELETED" else frozenset(fresh.get("users") or ())
+            team_id = op.memory.teams.get(group)
+            old = op.memory.applied_shards.get(shard, frozenset())
+            if team_id is None:
+                # The group's own handler will compare the whole team once the team exists.
+                op.memory.applied_shards[shard] = users
+                return
+            display = {user_id_for(n): view.display(n) for n in users | old}
+            adds = [user_id_for(n) for n in sorted(users - old) if view.user_ready(n)]
+            removes = [
+                user_id_for(n)
+                for n in sorted(old - users)
+                if n in op.memory.ready_users or view.user_exists(n)
+            ]
+            try:
+                await add_members(op, team_id, adds)
+                await remove_members(op, team_id, removes)
+            except LiteLLMError as exc:
+                metrics.FAILURES.labels("membership", failure_reason(exc)).inc()
+                await op.resources.update_status(GROUP, group, _failed(failure_reason(exc), str(exc)))
+                attempt += 1
+                delay = min(30.0, 0.5 * 2 ** min(attempt, 6))
+                log.warning(
+                    "membership change not applied yet; retrying",
+                    extra={"fields": {"group": group, "shard": shard, "error": str(exc), "delay": delay}},
+                )
+            else:
+                op.memory.applied_shards[shard] = users
+                if adds or removes:
+                    _count_groups_later(op, view, sorted(users ^ old))
+                    target = await op.resources.update_status(GROUP, group, _ok(team_id, view, group))
+                    metrics.RECONCILES.labels("membership", "ok").inc()
+                    if target is not None:
+                        gref = ref(GROUP, op.namespace, group, target["metadata"].get("uid"))
+                        if adds:
+                            emit(
+                                gref,
+                                "MembersAdded",
+                                f"added {len(adds)} member(s) to team {team_id}: {_names(adds, display)}",
+                            )
+                        if removes:
+                            emit(
+                                gref,
+                                "MembersRemoved",
+                                f"removed {len(removes)} member(s) from team {team_id}: "
+                                f"{_names(removes, display)}",
+                            )
+                return
+        await asyncio.sleep(delay)
+
+
+# Users that become usable while their groups' teams already exist join in batches: a burst of
+# new users (initial provisioning) costs one /team/member_add per team, not one per membership.
+JOIN_WINDOW = 0.1
+
+
+def join_later(op: Operator, view: View, group: str, team_id: str, user_id: str) -> None:
+    pending = op.memory.pending_joins.setdefault(group, set())
+    pending.add(user_id)
+    if group not in op.memory.join_tasks:
+        task = asyncio.create_task(_flush_joins(op, view, group, team_id))
+        op.memory.join_tasks[group] = task
+
+
+async def _flush_joins(op: Operator, view: View, group: str, team_id: str) -> None:
+    attempt = 0
+    try:
+        while True:
+            await asyncio.sleep(JOIN_WINDOW if attempt == 0 else min(30.0, 0.5 * 2 ** min(attempt, 6)))
+            async with op.memory.lock("group", group):
+                batch = sorted(op.memory.pending_joins.pop(group, set()))
+                if not batch or op.memory.teams.get(group) != team_id:
+                    return  # nothing left, or the group was deleted meanwhile
+                try:
+                    await add_members(op, team_id, batch)
+                except LiteLLMError as exc:
+                    op.memory.pending_joins.setdefault(group, set()).update(batch)
+                    attempt += 1
+                    metrics.FAILURES.labels("membership", failure_reason(exc)).inc()
+                    await op.resources.update_status(GROUP, group, _failed(failure_reason(exc), str(exc)))
+                    continue
+                attempt = 0
+                target = await op.resources.update_status(GROUP, group, _ok(team_id, view, group))
+            if target is not None:
+                gref = ref(GROUP, op.namespace, group, target["metadata"].get("uid"))
+                emit(
+                    gref,
+                    "MembersAdded",
+                    f"added {len(batch)} member(s) to team {team_id}: "
+                    f"{_names(batch, {u: view.display(u) for u in batch})}",
+                )
+    finally:
+        op.memory.join_tasks.pop(group, None)
+
+
+def _count_groups_later(op: Operator, view: View, names: list[str]) -> None:
+    """Refresh status.groups of users whose memberships changed, off the membership path."""
+
+    async def refresh() -> None:
+        for name in names:
+            if not view.user_exists(name):
+                continue
+            async with op.memory.lock("user", name):
+                await op.resources.update_status(
+                    USER,
+                    name,
+                    lambda st, _o, n=name: {**st, "groups": len(view.groups_of(n))},  # type: ignore[misc]
+                )
+
+    task = asyncio.create_task(refresh())
+    op.memory.background.add(task)
+    task.add_done_callback(op.memory.background.discard)
+
+
+async def check_drift(op: Operator, view: View, body: Any) -> None:
+    """The drift timer of a ScimGroup."""
+    name = body["metadata"]["name"]
+    team_id = (body.get("status") or {}).get("litellm", {}).get("teamId")
+    if not team_id or name not in op.memory.teams:
+        return
+    try:
+        spec = _spec(body)
+    except kopf.PermanentError:
+        return
+    async with op.memory.lock("group", name):
+        try:
+            findings: list[str] = []
+            info = await op.litellm.team_info(team_id)
+            if info is None:
+                findings.append(f"LiteLLM team {team_id} was deleted in LiteLLM")
+            elif ownership(info.get("metadata"), op.settings.owner_tag, op.namespace, name) == "owned":
+                if info.get("team_alias") != spec.displayName:
+                    findings.append(
+                        f"team alias is {info.get('team_alias')!r}, expected {spec.displayName!r}"
+                    )
+                desired = view.desired_members(name)
+                current = team_members(info)
+                missing, extra = membership_differences(desired, current)
+                findings += [f"member {desired[m]} missing from team" for m in missing[:20]]
+                findings += [f"member {current[m]} in team but not in the group" for m in extra[:20]]
+                hidden = len(missing) + len(extra) - min(20, len(missing)) - min(20, len(extra))
+                if hidden:
+                    findings.append(f"and {hidden} more membership difference(s)")
+            out = None
+            if findings:
+                metrics.DRIFT_FOUND.labels("team").inc(len(findings))
+                if op.settings.drift_policy == "correct":
+                    out = await apply_group(op, view, name, spec)
+                    metrics.DRIFT_CORRECTED.labels("team").inc(len(findings))
+        except NotOwned:
+            return
+        except LiteLLMError as exc:
+            log.warning(
+                "drift check of ScimGroup failed", extra={"fields": {"name": name, "error": str(exc)}}
+            )
+            await op.resources.update_status(GROUP, name, _failed(failure_reason(exc), str(exc)))
+            return
+        text = "; ".join(findings)
+
+        def change(st: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
+            gen = obj["metadata"].get("generation")
+            st = _status_ok(st, obj, team_id, view, name) if (out is not None or not findings) else st
+            conds = st.get("conditions")
+            if not findings:
+                conds = set_condition(conds, "Drifted", False, "InSync", "LiteLLM matches this group", gen)
+            elif out is not None:
+                conds = set_condition(
+                    conds, "Drifted", False, "Corrected", f"corrected at {now()}: {text}", gen
+                )
+            else:
+                conds = set_condition(conds, "Drifted", True, "DriftDetected", text, gen)
+            return {**st, "conditions": conds}
+
+        await op.resources.update_status(GROUP, name, change)
+    if findings:
+        emit(body, "DriftDetected", text, warning=True)
+        if out is not None:
+            emit(body, "DriftCorrected", f"LiteLLM team {team_id} corrected: {text}")

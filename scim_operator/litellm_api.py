@@ -1,0 +1,289 @@
+"""A small typed client of the LiteLLM proxy admin API (``/user/*``, ``/team/*``, ``/key/*``).
+
+Every failure, whatever shape LiteLLM gives it, becomes one :class:`LiteLLMError` with the HTTP
+status and a clean, human-readable message. The master key only ever travels in the Authorization
+header: it is never part of a URL, a log line, an exception or a repr."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import aiohttp
+from pydantic import SecretStr
+
+from scim_operator import metrics
+
+log = logging.getLogger(__name__)
+
+# Anything at or above this status (and connection problems, reported as status 0) is worth retrying.
+_TRANSIENT = {0, 408, 425, 429}
+
+
+class LiteLLMError(Exception):
+    """A LiteLLM admin API call failed. ``status`` is 0 when no HTTP answer arrived at all."""
+
+    def __init__(self, status: int, message: str, *, kind: str | None = None, endpoint: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.kind = kind
+        self.endpoint = endpoint
+
+    @property
+    def transient(self) -> bool:
+        return self.status in _TRANSIENT or self.status >= 500
+
+    def __str__(self) -> str:
+        where = f"{self.endpoint}: " if self.endpoint else ""
+        code = f"HTTP {self.status}" if self.status else "no answer"
+        return f"{where}{self.message} ({code})"
+
+
+def _unrepr(message: str) -> str:
+    """LiteLLM often puts a Python repr of a dict in the message: ``"{'error': 'User x exists'}"``."""
+    text = message.strip()
+    if text.startswith("{") and text.endswith("}"):
+        try:
+            inner = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+        if isinstance(inner, dict):
+            for key in ("error", "message", "detail"):
+                if isinstance(inner.get(key), str):
+                    return str(inner[key])
+    return text
+
+
+def parse_error(status: int, body: Any, *, endpoint: str = "") -> LiteLLMError:
+    """One exception from the three error shapes LiteLLM answers with (see the admin API notes):
+    A ``{"error": {"message", "type", ...}}``, B ``{"detail": {"error": str}}`` / ``{"detail": str}``,
+    C ``{"detail": [{"loc", "msg", ...}]}`` (422 validation)."""
+    kind: str | None = None
+    message = ""
+    if isinstance(body, dict):
+        err = body.get("error")
+        detail = body.get("detail")
+        if isinstance(err, dict):
+            message = _unrepr(str(err.get("message") or ""))
+            kind = str(err["type"]) if err.get("type") else None
+        elif isinstance(err, str):
+            message = _unrepr(err)
+        elif isinstance(detail, dict):
+            message = _unrepr(str(detail.get("error") or detail.get("message") or json.dumps(detail)))
+        elif isinstance(detail, str):
+            message = _unrepr(detail)
+        elif isinstance(detail, list):
+            parts = []
+            for item in detail:
+                if isinstance(item, dict):
+                    loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
+                    parts.append(f"{loc}: {item.get('msg', '')}" if loc else str(item.get("msg", "")))
+            message = "; ".join(parts)
+            kind = "validation_error"
+    elif isinstance(body, str):
+        message = body.strip()[:500]
+    return LiteLLMError(status, message or f"HTTP {status}", kind=kind, endpoint=endpoint)
+
+
+class LiteLLM:
+    """The admin API calls the operator needs, with a concurrency limit and per-call metrics."""
+
+    def __init__(
+        self, url: str, master_key: SecretStr, *, timeout: float = 30.0, concurrency: int = 8
+    ) -> None:
+        self._url = url.rstrip("/")
+        self._key = master_key
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._limit = asyncio.Semaphore(max(1, concurrency))
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"LiteLLM(url={self._url!r})"
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                headers={"Authorization": f"Bearer {self._key.get_secret_value()}"},
+                connector=aiohttp.TCPConnector(limit=0),
+            )
+        return self._session
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> Any:
+        endpoint = path
+        started = time.perf_counter()
+        status_label = "error"
+        async with self._limit:
+            try:
+                async with self._http().request(method, self._url + path, params=params, json=body) as resp:
+                    status_label = str(resp.status)
+                    text = await resp.text()
+                    try:
+                        data: Any = json.loads(text) if text else None
+                    except ValueError:
+                        data = text
+                    if resp.status >= 400:
+                        raise parse_error(resp.status, data, endpoint=endpoint)
+                    return data
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                status_label = "unreachable"
+                # The exception text of aiohttp names the URL, never the header: safe to keep.
+                reason = (
+                    type(exc).__name__ if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+                )
+                raise LiteLLMError(0, f"LiteLLM unreachable: {reason}", endpoint=endpoint) from None
+            finally:
+                elapsed = time.perf_counter() - started
+                metrics.LITELLM_CALLS.labels(endpoint, status_label).inc()
+                metrics.LITELLM_LATENCY.labels(endpoint).observe(elapsed)
+                if status_label == "unreachable" or not status_label.startswith("2"):
+                    metrics.LITELLM_ERRORS.labels(endpoint, status_label).inc()
+                log.debug(
+                    "litellm call",
+                    extra={
+                        "fields": {"endpoint": endpoint, "status": status_label, "seconds": round(elapsed, 4)}
+                    },
+                )
+
+    # ---- users -------------------------------------------------------------------------------
+    async def user_info(self, user_id: str) -> dict[str, Any] | None:
+        try:
+            data = await self.call("GET", "/user/info", params={"user_id": user_id})
+        except LiteLLMError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        info = data.get("user_info") if isinstance(data, dict) else None
+        # An unknown id may also come back as 200 with an empty user_info.
+        if not isinstance(info, dict) or info.get("user_id") != user_id:
+            return None
+        return info
+
+    async def user_new(self, body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call("POST", "/user/new", body={**body, "auto_create_key": False})
+        return result
+
+    async def user_update(self, body: dict[str, Any]) -> None:
+        await self.call("POST", "/user/update", body=body)
+
+    async def user_delete(self, user_id: str) -> bool:
+        """False when the user did not exist."""
+        try:
+            await self.call("POST", "/user/delete", body={"user_ids": [user_id]})
+        except LiteLLMError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    # ---- teams -------------------------------------------------------------------------------
+    async def team_info(self, team_id: str) -> dict[str, Any] | None:
+        try:
+            data = await self.call("GET", "/team/info", params={"team_id": team_id})
+        except LiteLLMError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        info = data.get("team_info") if isinstance(data, dict) else None
+        return info if isinstance(info, dict) else None
+
+    async def team_new(self, body: dict[str, Any]) -> None:
+        await self.call("POST", "/team/new", body=body)
+
+    async def team_update(self, body: dict[str, Any]) -> None:
+        await self.call("POST", "/team/update", body=body)
+
+    async def team_delete(self, team_id: str) -> bool:
+        try:
+            await self.call("POST", "/team/delete", body={"team_ids": [team_id]})
+        except LiteLLMError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def member_add(self, team_id: str, user_ids: Iterable[str]) -> None:
+        """Adds members with role ``user``; members already in the team count as success."""
+        members = [{"user_id": uid, "role": "user"} for uid in user_ids]
+        if not members:
+            return
+        try:
+            await self.call("POST", "/team/member_add", body={"team_id": team_id, "member": members})
+        except LiteLLMError as exc:
+            if exc.kind != "team_member_already_in_team":
+                raise
+
+    async def member_delete(self, team_id: str, user_id: str) -> None:
+        """Removes one member; a user that is not a member counts as success."""
+        try:
+            await self.call("POST", "/team/member_delete", body={"team_id": team_id, "user_id": user_id})
+        except LiteLLMError as exc:
+            if not (exc.status == 400 and "not found in team" in exc.message.lower()):
+                raise
+
+    # ---- keys --------------------------------------------------------------------------------
+    async def user_keys(self, user_id: str) -> list[dict[str, Any]]:
+        """Every key of a user (hash in ``token``, ``blocked`` flag), all pages."""
+        keys: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            data = await self.call(
+                "GET",
+                "/key/list",
+                params={"user_id": user_id, "return_full_object": "true", "page": str(page), "size": "100"},
+            )
+            batch = data.get("keys", []) if isinstance(data, dict) else []
+            keys.extend(k for k in batch if isinstance(k, dict) and k.get("user_id") == user_id)
+            if page >= int(data.get("total_pages") or 1) or not batch:
+                return keys
+            page += 1
+
+    async def key_block(self, key_hash: str) -> bool:
+        """False when the key no longer exists."""
+        try:
+            await self.call("POST", "/key/block", body={"key": key_hash})
+        except LiteLLMError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def key_unblock(self, key_hash: str) -> bool:
+        """False when the key no longer exists."""
+        try:
+            await self.call("POST", "/key/unblock", body={"key": key_hash})
+        except LiteLLMError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def key_delete(self, key_hashes: list[str]) -> None:
+        if key_hashes:
+            try:
+                await self.call("POST", "/key/delete", body={"keys": key_hashes})
+            except LiteLLMError as exc:
+                if exc.status != 404:
+                    raise

@@ -1,0 +1,166 @@
+"""``litellm-scim operator``: configure Kopf from the settings and run it in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import kopf
+import yaml
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+from pydantic import SecretStr
+
+from litellm_scim import kube
+from litellm_scim.logs import setup_logging
+from litellm_scim.settings import OperatorSettings
+from scim_contract import API_GROUP
+from scim_operator import metrics
+from scim_operator.context import Operator
+from scim_operator.handlers import build_registry
+from scim_operator.litellm_api import LiteLLM
+from scim_operator.resources import Resources
+from scim_operator.state import Memory
+
+log = logging.getLogger(__name__)
+
+PEERING_CRD = Path(__file__).with_name("peering.yaml")
+FINALIZER = f"{API_GROUP}/litellm-cleanup"
+# Kopf's bookkeeping annotations live under the operator's own prefix, next to the endpoint's.
+ANNOTATION_PREFIX = f"operator.{API_GROUP}"
+
+
+class ConfigurationError(Exception):
+    pass
+
+
+async def master_key(settings: OperatorSettings, api: client.ApiClient) -> SecretStr:
+    if settings.litellm_master_key is not None:
+        return settings.litellm_master_key
+    if not settings.litellm_master_key_secret:
+        raise ConfigurationError(
+            "no LiteLLM master key: set LITELLM_MASTER_KEY or --litellm-master-key-secret"
+        )
+    name, _, key = settings.litellm_master_key_secret.partition("/")
+    if not name or not key:
+        raise ConfigurationError("--litellm-master-key-secret must be NAME/KEY")
+    try:
+        secret = await client.CoreV1Api(api).read_namespaced_secret(name, settings.namespace)
+    except ApiException as exc:
+        raise ConfigurationError(
+            f"cannot read Secret {settings.namespace}/{name}: HTTP {exc.status}"
+        ) from None
+    value = (secret.data or {}).get(key)
+    if not value:
+        raise ConfigurationError(f"Secret {settings.namespace}/{name} has no key {key!r}")
+    return SecretStr(base64.b64decode(value).decode().strip())
+
+
+async def ensure_peering(api: client.ApiClient, settings: OperatorSettings) -> None:
+    """Install Kopf's KopfPeering CRD and this operator's peering object, when permitted."""
+    crd = yaml.safe_load(PEERING_CRD.read_text())
+    try:
+        await kube.apply_crds(api, [crd])
+    except ApiException as exc:
+        if exc.status not in (401, 403):
+            raise
+        log.info("cannot install the KopfPeering CRD (no permission); expecting it to be installed")
+    body = {
+        "apiVersion": "kopf.dev/v1",
+        "kind": "KopfPeering",
+        "metadata": {"name": settings.peering, "namespace": settings.namespace},
+    }
+    try:
+        await client.CustomObjectsApi(api).create_namespaced_custom_object(
+            "kopf.dev", "v1", settings.namespace, "kopfpeerings", body
+        )
+    except ApiException as exc:
+        if exc.status not in (409, 403):
+            raise
+
+
+def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
+    ks = kopf.OperatorSettings()
+    ks.persistence.finalizer = FINALIZER
+    # Annotations only: the CRD status schemas are the project's contract, Kopf's own status
+    # fields would be pruned by the API server anyway.
+    ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX)
+    # Only Kopf's warnings and errors become Kubernetes Events; our own changes are posted explicitly.
+    ks.posting.level = logging.WARNING
+    ks.watching.server_timeout = 300
+    ks.watching.client_timeout = 330
+    ks.watching.connect_timeout = 10
+    ks.networking.request_timeout = 60
+    ks.peering.lifetime = settings.peering_lifetime
+    return ks
+
+
+async def operate(settings: OperatorSettings, *, stop_flag: Any = None, ready_flag: Any = None) -> int:
+    if settings.kubeconfig:
+        # Kopf's own login (via kubernetes_asyncio) reads the kubeconfig from the environment.
+        os.environ["KUBECONFIG"] = settings.kubeconfig
+    api = await kube.api_client(settings.kubeconfig)
+    litellm: LiteLLM | None = None
+    try:
+        try:
+            key = await master_key(settings, api)
+        except ConfigurationError as exc:
+            log.error(str(exc))
+            return 2
+        if not settings.standalone:
+            await ensure_peering(api, settings)
+        litellm = LiteLLM(
+            settings.litellm_url,
+            key,
+            timeout=settings.litellm_timeout,
+            concurrency=settings.litellm_concurrency,
+        )
+        op = Operator(
+            settings=settings, litellm=litellm, resources=Resources(api, settings.namespace), memory=Memory()
+        )
+        metrics.serve(settings.metrics_port)
+        # Equal priorities would make every replica active: a random one makes exactly one active.
+        priority = settings.peering_priority or random.randint(1, 2**31 - 1)  # noqa: S311
+        log.info(
+            "operator starting",
+            extra={
+                "fields": {
+                    "namespace": settings.namespace,
+                    "litellm_url": settings.litellm_url,
+                    "peering": None if settings.standalone else settings.peering,
+                    "priority": priority,
+                }
+            },
+        )
+        await kopf.operator(
+            registry=build_registry(op),
+            settings=kopf_settings(settings),
+            namespaces=[settings.namespace],
+            standalone=settings.standalone,
+            peering_name=None if settings.standalone else settings.peering,
+            priority=priority,
+            liveness_endpoint=f"http://0.0.0.0:{settings.probe_port}/healthz"
+            if settings.probe_port
+            else None,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+        return 0
+    finally:
+        if litellm is not None:
+            await litellm.close()
+        await api.close()
+
+
+def run(settings: OperatorSettings) -> int:
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        return asyncio.run(operate(settings))
+    except KeyboardInterrupt:
+        return 0

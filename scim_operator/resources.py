@@ -1,0 +1,80 @@
+"""Reading and writing the custom resources' status, and Kubernetes Events about them.
+
+Status is written with a JSON merge patch of the whole ``status`` computed from a fresh read, under
+the resource's lock, so the handler, the drift timer and the shard handler never undo each other."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from scim_contract import API_GROUP, API_VERSION, VERSION, ResourceKind
+
+log = logging.getLogger(__name__)
+
+
+def ref(kind: ResourceKind, namespace: str, name: str, uid: str | None) -> dict[str, Any]:
+    """A minimal body Kopf can attach an Event to."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": kind.kind,
+        "metadata": {"name": name, "namespace": namespace, "uid": uid},
+    }
+
+
+def emit(body: Any, reason: str, message: str, *, warning: bool = False) -> None:
+    """A Kubernetes Event on the resource (queued; Kopf posts it in the background)."""
+    kopf.event(body, type="Warning" if warning else "Normal", reason=reason, message=message[:1000])
+
+
+class Resources:
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self._objects = client.CustomObjectsApi(api)
+        self.namespace = namespace
+
+    async def get(self, kind: ResourceKind, name: str) -> dict[str, Any] | None:
+        try:
+            obj: dict[str, Any] = await self._objects.get_namespaced_custom_object(
+                API_GROUP, VERSION, self.namespace, kind.plural, name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return obj
+
+    async def update_status(
+        self,
+        kind: ResourceKind,
+        name: str,
+        change: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]],
+    ) -> dict[str, Any] | None:
+        """Apply ``change(current_status, object) -> new_status``; None when the object is gone."""
+        obj = await self.get(kind, name)
+        if obj is None:
+            return None
+        current = dict(obj.get("status") or {})
+        new = change(current, obj)
+        if new == current:
+            return obj
+        patch: dict[str, Any] = {"status": {**{k: None for k in current if k not in new}, **new}}
+        try:
+            result: dict[str, Any] = await self._objects.patch_namespaced_custom_object_status(
+                API_GROUP,
+                VERSION,
+                self.namespace,
+                kind.plural,
+                name,
+                patch,
+                _content_type="application/merge-patch+json",  # type: ignore[call-arg]
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return result

@@ -1,0 +1,105 @@
+"""What the operator knows in memory: which users and teams are usable in LiteLLM, the shard
+contents last applied, and one lock per resource.
+
+Nothing here is authoritative: after a restart it is rebuilt from the resources (Kopf indexes over
+ScimUser status and ScimMemberShard specs) and a full compare per group, so losing it loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from scim_operator.objects import user_id_for
+
+
+class Store(Protocol):
+    def __iter__(self) -> Any: ...
+
+
+Index = Mapping[Any, Any]
+
+
+@dataclass
+class UserEntry:
+    """One ScimUser as its index sees it: whether it was synced, and its email for messages."""
+
+    synced: bool
+    email: str | None
+
+
+@dataclass
+class Memory:
+    # ScimUser name -> LiteLLM user_id, set the moment this process created or verified the user.
+    ready_users: dict[str, str] = field(default_factory=dict)
+    # ScimUsers being deleted: never add them to a team again.
+    deleting_users: set[str] = field(default_factory=set)
+    # ScimGroup name -> LiteLLM team_id, set the moment the team is known to exist and be ours.
+    teams: dict[str, str] = field(default_factory=dict)
+    # ScimMemberShard name -> the users it listed when its difference was last applied.
+    applied_shards: dict[str, frozenset[str]] = field(default_factory=dict)
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # Users waiting to be added to a group's team in the next batch, and the task that adds them.
+    pending_joins: dict[str, set[str]] = field(default_factory=dict)
+    join_tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    # Fire-and-forget bookkeeping tasks, referenced so they are not garbage-collected mid-flight.
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def lock(self, kind: str, name: str) -> asyncio.Lock:
+        """Serialises everything the operator does for one resource (handler, drift timer, shards)."""
+        return self._locks.setdefault(f"{kind}/{name}", asyncio.Lock())
+
+    def forget_lock(self, kind: str, name: str) -> None:
+        self._locks.pop(f"{kind}/{name}", None)
+
+
+@dataclass
+class View:
+    """Desired memberships, read from the Kopf indexes plus what this process did since they were
+    last updated. ``users``: ScimUser name -> UserEntry; ``shards``: group -> (shard, users);
+    ``member_groups``: ScimUser name -> group names."""
+
+    memory: Memory
+    users: Index
+    shards: Index
+    member_groups: Index
+
+    def _entry(self, name: str) -> UserEntry | None:
+        store = self.users.get(name)
+        return next(iter(store), None) if store is not None else None
+
+    def user_ready(self, name: str) -> bool:
+        if name in self.memory.deleting_users:
+            return False
+        if name in self.memory.ready_users:
+            return True
+        entry = self._entry(name)
+        return entry is not None and entry.synced
+
+    def user_exists(self, name: str) -> bool:
+        return self.users.get(name) is not None
+
+    def display(self, name: str) -> str:
+        entry = self._entry(name)
+        return entry.email if entry is not None and entry.email else name
+
+    def group_member_ids(self, group: str) -> tuple[set[str], int]:
+        """(every user id listed in the group's shards, number of users + nested groups listed)."""
+        users: set[str] = set()
+        total = 0
+        for _shard, shard_users, nested in self.shards.get(group) or ():
+            users.update(shard_users)
+            total += len(shard_users) + nested
+        return users, total
+
+    def desired_members(self, group: str) -> dict[str, str]:
+        """LiteLLM user_id -> display for the group's members that are usable LiteLLM users."""
+        ids, _ = self.group_member_ids(group)
+        return {user_id_for(n): self.display(n) for n in ids if self.user_ready(n)}
+
+    def groups_of(self, name: str) -> list[str]:
+        return sorted(set(self.member_groups.get(name) or ()))
+
+    def ready_subset(self, names: Iterable[str]) -> list[str]:
+        return [n for n in names if self.user_ready(n)]

@@ -1,0 +1,172 @@
+"""The Kubernetes storage of the endpoint against the real API server: what lands in the custom
+resources, uniqueness under races, member shards, and reads across two independent caches."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from kubernetes_asyncio import client
+from stored import stored_claims, stored_group, stored_members, stored_shards, stored_user
+
+from litellm_scim import kube
+from scim_contract import API_GROUP, API_VERSION, CLAIM, SHARDS, VERSION, claim_name, shard_name, shard_of
+from scim_endpoint.errors import ScimError
+from scim_endpoint.store import ANNOTATION_CLAIMED_AT, Store
+
+
+@pytest.fixture
+async def store(kube_api: client.ApiClient, namespace: str) -> AsyncIterator[Store]:
+    s = Store(kube_api, namespace)
+    s.start()
+    await asyncio.wait_for(s.wait_ready(), 30)
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+async def other_store(kubeconfig: str, namespace: str) -> AsyncIterator[Store]:
+    """A second replica's storage: its own API connection and its own caches."""
+    api = await kube.api_client(kubeconfig)
+    async with api:
+        s = Store(api, namespace)
+        s.start()
+        await asyncio.wait_for(s.wait_ready(), 30)
+        yield s
+        await s.stop()
+
+
+async def test_create_user_stores_spec_and_claims_the_name(store: Store, kube_api: client.ApiClient,
+                                                          namespace: str) -> None:
+    rec = await store.create_user({"userName": "Alice@Example.com", "active": True, "displayName": "Alice"})
+    obj = await stored_user(kube_api, namespace, rec.id)
+    assert obj is not None
+    assert obj["spec"]["userName"] == "Alice@Example.com"
+    assert obj["spec"]["displayName"] == "Alice"
+    assert rec.meta["version"] == f'W/"{obj["metadata"]["generation"]}"'
+    claims = await stored_claims(kube_api, namespace)
+    assert [(c["metadata"]["name"], c["spec"]["owner"]) for c in claims] == [
+        (claim_name("User", "alice@example.com"), rec.id)]
+
+
+async def test_duplicate_user_name_in_other_case_is_refused_and_writes_nothing(
+        store: Store, kube_api: client.ApiClient, namespace: str) -> None:
+    await store.create_user({"userName": "bob@example.com"})
+    with pytest.raises(ScimError) as err:
+        await store.create_user({"userName": "BOB@EXAMPLE.COM"})
+    assert err.value.status == 409 and err.value.scim_type == "uniqueness"
+    users = await client.CustomObjectsApi(kube_api).list_namespaced_custom_object(
+        API_GROUP, VERSION, namespace, "scimusers")
+    assert [u["spec"]["userName"] for u in users["items"]] == ["bob@example.com"]
+
+
+async def test_two_replicas_racing_on_one_user_name_create_exactly_one(store: Store, other_store: Store,
+                                                                       kube_api: client.ApiClient,
+                                                                       namespace: str) -> None:
+    for i in range(20):
+        name = f"race{i}@example.com"
+        results = await asyncio.gather(store.create_user({"userName": name}),
+                                       other_store.create_user({"userName": name.upper()}),
+                                       return_exceptions=True)
+        created = [r for r in results if not isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, ScimError) and r.status == 409]
+        assert len(created) == 1 and len(refused) == 1, results
+    users = await client.CustomObjectsApi(kube_api).list_namespaced_custom_object(
+        API_GROUP, VERSION, namespace, "scimusers")
+    assert len(users["items"]) == 20
+
+
+async def test_a_write_through_one_replica_is_read_back_through_another(store: Store, other_store: Store) -> None:
+    rec = await store.create_user({"userName": "carol@example.com", "title": "Engineer"})
+    await other_store.fresh(other_store.users)
+    seen = other_store.user(rec.id)
+    assert seen is not None and seen.spec["title"] == "Engineer"
+    rec = await store.replace_user(rec, {**rec.spec, "title": "Manager"})
+    await other_store.fresh(other_store.users)
+    seen = other_store.user(rec.id)
+    assert seen is not None and seen.spec["title"] == "Manager"
+    assert seen.meta["version"] == rec.meta["version"]
+
+
+async def test_rename_moves_the_claim(store: Store, kube_api: client.ApiClient, namespace: str) -> None:
+    rec = await store.create_user({"userName": "dave@example.com"})
+    await store.replace_user(rec, {**rec.spec, "userName": "david@example.com"})
+    claims = {c["metadata"]["name"]: c["spec"] for c in await stored_claims(kube_api, namespace)}
+    assert set(claims) == {claim_name("User", "david@example.com")}
+    # The old name is free again.
+    await store.create_user({"userName": "dave@example.com"})
+
+
+async def test_a_stale_claim_is_taken_over(store: Store, kube_api: client.ApiClient, namespace: str) -> None:
+    old = (datetime.now(UTC) - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    await client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
+        API_GROUP, VERSION, namespace, CLAIM.plural, {
+            "apiVersion": API_VERSION, "kind": CLAIM.kind,
+            "metadata": {"name": claim_name("User", "erin@example.com"), "annotations": {ANNOTATION_CLAIMED_AT: old}},
+            "spec": {"resourceKind": "User", "value": "erin@example.com", "owner": "gone-user"}})
+    rec = await store.create_user({"userName": "erin@example.com"})
+    claims = await stored_claims(kube_api, namespace)
+    assert [c["spec"]["owner"] for c in claims] == [rec.id]
+
+
+async def test_a_fresh_claim_of_a_missing_owner_is_not_taken(store: Store, kube_api: client.ApiClient,
+                                                             namespace: str) -> None:
+    # An owner missing for a moment may be a create still in flight on another replica.
+    await client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
+        API_GROUP, VERSION, namespace, CLAIM.plural, {
+            "apiVersion": API_VERSION, "kind": CLAIM.kind,
+            "metadata": {"name": claim_name("User", "frank@example.com")},
+            "spec": {"resourceKind": "User", "value": "frank@example.com", "owner": "in-flight"}})
+    with pytest.raises(ScimError) as err:
+        await store.create_user({"userName": "frank@example.com"})
+    assert err.value.status == 409
+
+
+async def test_delete_user_removes_claim_and_memberships(store: Store, kube_api: client.ApiClient,
+                                                         namespace: str) -> None:
+    user = await store.create_user({"userName": "gina@example.com"})
+    other = await store.create_user({"userName": "hank@example.com"})
+    group = await store.create_group({"displayName": "Team"}, [{"value": user.id, "type": "User"},
+                                                              {"value": other.id, "type": "User"}])
+    assert await stored_members(kube_api, namespace, group.id) == {user.id, other.id}
+    await store.delete_user(user)
+    assert await stored_user(kube_api, namespace, user.id) is None
+    assert await stored_members(kube_api, namespace, group.id) == {other.id}
+    assert [c["spec"]["owner"] for c in await stored_claims(kube_api, namespace)
+            if c["spec"]["resourceKind"] == "User"] == [other.id]
+
+
+async def test_delete_group_removes_shards_and_claim(store: Store, kube_api: client.ApiClient,
+                                                     namespace: str) -> None:
+    group = await store.create_group({"displayName": "Doomed"}, [{"value": f"u{i}", "type": "User"}
+                                                                 for i in range(40)])
+    assert len(await stored_shards(kube_api, namespace, group.id)) == SHARDS
+    await store.delete_group(store.group(group.id))  # type: ignore[arg-type]
+    assert await stored_group(kube_api, namespace, group.id) is None
+    assert await stored_shards(kube_api, namespace, group.id) == []
+    assert await stored_claims(kube_api, namespace) == []
+
+
+@pytest.mark.slow
+async def test_fifty_thousand_members_stay_small_and_one_member_rewrites_one_shard(
+        store: Store, kube_api: client.ApiClient, namespace: str) -> None:
+    members = [{"value": f"user-{i:05d}", "type": "User"} for i in range(50_000)]
+    group = await store.create_group({"displayName": "Everyone"}, members)
+    shards = await stored_shards(kube_api, namespace, group.id)
+    assert len(shards) <= SHARDS
+    import json
+
+    for shard in shards:
+        assert len(json.dumps(shard).encode()) < 512 * 1024
+    assert sum(len(s["spec"]["users"]) for s in shards) == 50_000
+    before = {s["metadata"]["name"]: s["metadata"]["resourceVersion"] for s in shards}
+    current = store.group(group.id)
+    assert current is not None
+    await store.update_group(current, current.spec, [*members, {"value": "newcomer", "type": "User"}])
+    after = {s["metadata"]["name"]: s["metadata"]["resourceVersion"] for s in
+             await stored_shards(kube_api, namespace, group.id)}
+    changed = {name for name in after if after[name] != before.get(name)}
+    assert changed == {shard_name(group.id, shard_of("newcomer"))}
+    assert "newcomer" in await stored_members(kube_api, namespace, group.id)

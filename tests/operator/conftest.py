@@ -1,0 +1,52 @@
+"""Fixtures of the operator tests: the operator subprocess, resource writers, a LiteLLM admin client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes_asyncio import client
+from operator_helpers import Admin, Kube, OperatorProcess
+
+from litellm_scim import peers
+
+
+@pytest.fixture
+def kube_rw(kube_api: client.ApiClient, namespace: str) -> Kube:
+    return Kube(kube_api, namespace)
+
+
+@pytest.fixture
+async def admin(litellm: peers.LiteLLM) -> AsyncIterator[Admin]:
+    api = Admin(litellm.url, litellm.master_key)
+    yield api
+    await api.close()
+
+
+@pytest.fixture
+def start_operator(
+    namespace: str, kubeconfig: str, litellm: peers.LiteLLM, tmp_path: Path
+) -> Iterator[Callable[..., OperatorProcess]]:
+    """Start ``litellm-scim operator`` for the test's namespace; every one is stopped afterwards.
+    Keyword arguments become flags (``drift_policy="report"`` -> ``--drift-policy report``)."""
+    started: list[OperatorProcess] = []
+
+    def start(litellm_url: str | None = None, **flags: str) -> OperatorProcess:
+        extra = {k.replace("_", "-"): v for k, v in flags.items()}
+        proc = OperatorProcess(
+            namespace=namespace, kubeconfig=kubeconfig, litellm_url=litellm_url or litellm.url,
+            master_key=litellm.master_key, log_path=tmp_path / f"operator-{len(started)}.log", extra=extra,
+        )
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def ids(namespace: str) -> Callable[[str], str]:
+    """Resource names unique across test runs: LiteLLM is shared by the whole session."""
+    return lambda base: f"{base}-{namespace}"

@@ -1,0 +1,158 @@
+"""The LiteLLM client: error shapes folded into one exception, idempotent membership calls, and
+no master key in any message. The shapes are pinned from the real proxy, and the same cases run
+against the real proxy below, so the parser cannot drift from what LiteLLM really sends."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from pydantic import SecretStr
+
+from litellm_scim import peers
+from scim_operator.litellm_api import LiteLLM, LiteLLMError, parse_error
+from scim_operator.objects import membership_differences, merged_metadata, ownership, set_condition
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "message", "kind"),
+    [
+        (
+            409,
+            {
+                "error": {
+                    "message": "{'error': 'User with id u1 already exists'}",
+                    "type": "internal_server_error",
+                    "param": None,
+                    "code": "409",
+                }
+            },
+            "User with id u1 already exists",
+            "internal_server_error",
+        ),
+        (
+            400,
+            {
+                "error": {
+                    "message": "All users are already in team.",
+                    "type": "team_member_already_in_team",
+                    "param": "member",
+                    "code": "400",
+                }
+            },
+            "All users are already in team.",
+            "team_member_already_in_team",
+        ),
+        (400, {"detail": {"error": "User not found in team"}}, "User not found in team", None),
+        (404, {"detail": "Not Found"}, "Not Found", None),
+        (
+            422,
+            {
+                "detail": [
+                    {
+                        "type": "string_type",
+                        "loc": ["body", "user_id"],
+                        "msg": "Input should be a valid string",
+                    }
+                ]
+            },
+            "user_id: Input should be a valid string",
+            "validation_error",
+        ),
+        (502, "<html>Bad gateway</html>", "<html>Bad gateway</html>", None),
+        (500, None, "HTTP 500", None),
+    ],
+)
+def test_every_error_shape_becomes_one_exception(
+    status: int, body: object, message: str, kind: str | None
+) -> None:
+    err = parse_error(status, body, endpoint="/x")
+    assert (err.status, err.message, err.kind) == (status, message, kind)
+    assert str(err) == f"/x: {message} (HTTP {status})"
+    assert err.transient == (status >= 500)
+
+
+def test_ownership_and_metadata_merge() -> None:
+    assert ownership({"owner": "ns/a"}, "owner", "ns", "a") == "owned"
+    assert ownership({"owner": "other/a"}, "owner", "ns", "a") == "foreign"
+    assert ownership({}, "owner", "ns", "a") == "untagged"
+    assert ownership(None, "owner", "ns", "a") == "untagged"
+    assert merged_metadata({"keep": 1, "owner": "x"}, "owner", "ns", "a") == {"keep": 1, "owner": "ns/a"}
+
+
+def test_membership_differences_are_minimal() -> None:
+    adds, removes = membership_differences({"a": "a", "b": "b"}, {"b": "b", "c": "c"})
+    assert (adds, removes) == (["a"], ["c"])
+
+
+def test_condition_transition_time_moves_only_with_the_status() -> None:
+    first = set_condition(None, "Synced", True, "Synced", "ok", 1)
+    stamp = first[0]["lastTransitionTime"]
+    same = set_condition(
+        [{**first[0], "lastTransitionTime": "2000-01-01T00:00:00Z"}], "Synced", True, "Synced", "still ok", 2
+    )
+    assert same[0]["lastTransitionTime"] == "2000-01-01T00:00:00Z"
+    assert same[0]["observedGeneration"] == 2
+    flipped = set_condition(same, "Synced", False, "LiteLLMUnavailable", "down", 2)
+    assert flipped[0]["lastTransitionTime"] != "2000-01-01T00:00:00Z"
+    assert stamp
+
+
+@pytest.fixture
+async def api(litellm: peers.LiteLLM) -> AsyncIterator[LiteLLM]:
+    client = LiteLLM(litellm.url, SecretStr(litellm.master_key), timeout=10, concurrency=4)
+    yield client
+    await client.close()
+
+
+@pytest.mark.litellm
+async def test_real_proxy_errors_parse_as_pinned(api: LiteLLM, litellm: peers.LiteLLM) -> None:
+    uid = f"api-{uuid.uuid4().hex[:8]}"
+    await api.user_new({"user_id": uid, "user_email": f"{uid}@example.com"})
+    with pytest.raises(LiteLLMError) as dup:
+        await api.user_new({"user_id": uid})
+    assert (dup.value.status, dup.value.message) == (409, f"User with id {uid} already exists")
+    with pytest.raises(LiteLLMError) as invalid:
+        await api.call("POST", "/user/new", body={"user_id": 5})
+    assert invalid.value.status == 422
+    assert invalid.value.message == "user_id: Input should be a valid string"
+    assert await api.user_info(f"missing-{uid}") is None
+    assert await api.team_info(f"missing-{uid}") is None
+
+    team = f"team-{uid}"
+    await api.team_new({"team_id": team, "team_alias": "API test"})
+    await api.member_add(team, [uid])
+    await api.member_add(team, [uid])  # already a member: success
+    await api.member_delete(team, uid)
+    await api.member_delete(team, uid)  # not a member: success
+    info = await api.team_info(team)
+    assert info is not None and info["members_with_roles"] == []
+    assert await api.team_delete(team) is True
+    assert await api.user_delete(uid) is True
+    assert await api.user_delete(uid) is False
+
+
+@pytest.mark.litellm
+async def test_wrong_master_key_is_reported_without_any_key(litellm: peers.LiteLLM) -> None:
+    secret = "sk-wrong-" + uuid.uuid4().hex
+    client = LiteLLM(litellm.url, SecretStr(secret), timeout=10)
+    try:
+        with pytest.raises(LiteLLMError) as err:
+            await client.user_info("anyone")
+    finally:
+        await client.close()
+    assert err.value.status == 401
+    assert secret not in str(err.value) and secret not in repr(err.value) and secret not in repr(client)
+    assert litellm.master_key not in str(err.value)
+
+
+async def test_unreachable_proxy_is_a_transient_error() -> None:
+    client = LiteLLM(f"http://127.0.0.1:{peers.free_port()}", SecretStr("sk-x"), timeout=2)
+    try:
+        with pytest.raises(LiteLLMError) as err:
+            await client.team_info("t")
+    finally:
+        await client.close()
+    assert err.value.status == 0 and err.value.transient
+    assert "LiteLLM unreachable" in str(err.value)
