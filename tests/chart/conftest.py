@@ -48,13 +48,33 @@ def notes_chart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield root
 
 
+def builder_sources(dockerfile: Path) -> list[str]:
+    """The paths the Dockerfile's builder stage COPYs from the build context."""
+    builder = dockerfile.read_text().split("\nFROM ")[1]
+    sources: list[str] = []
+    for line in builder.splitlines():
+        parts = line.split()
+        if parts[:1] == ["COPY"] and not any(p.startswith("--from") for p in parts):
+            sources.extend(parts[1:-1])
+    return sources
+
+
 @pytest.fixture(scope="session")
 def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project as the image installs it: `pip wheel . --no-deps`, then that wheel (and its pinned
-    dependencies) into a fresh virtualenv. Returns the venv's bin directory."""
+    """The project as the image installs it: the builder stage's files copied into a clean directory
+    (no stale build/ from the checkout), `pip wheel . --no-deps` there, then that wheel (and its
+    pinned dependencies) into a fresh virtualenv. Returns the venv's bin directory."""
     root = tmp_path_factory.mktemp("wheel")
+    context = root / "context"
+    context.mkdir()
+    for source in builder_sources(REPO / "Dockerfile"):
+        src = REPO / source
+        if src.is_dir():
+            shutil.copytree(src, context / source, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, context / source)
     subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-q", "-w", str(root / "dist")],
-                   cwd=REPO, check=True, capture_output=True)
+                   cwd=context, check=True, capture_output=True)
     (wheel,) = (root / "dist").glob("litellm_scim_operator-*.whl")
     subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True, capture_output=True)
     bin_dir = root / "venv" / "bin"

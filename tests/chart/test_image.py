@@ -90,3 +90,15 @@ def test_dockerignore_keeps_the_context_to_what_the_build_copies() -> None:
     sources = {part.rstrip("/") for line in copied for part in line.split()}
     allowed = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
     assert sources <= allowed
+
+
+@pytest.mark.slow
+def test_installed_wheel_carries_the_data_files_the_code_reads(wheel_venv: Path) -> None:
+    """E.g. the operator applies scim_operator/peering.yaml at start-up; the image has only the wheel."""
+    packages = ["litellm_scim", "scim_contract", "scim_endpoint", "scim_operator"]
+    data = sorted(str(p.relative_to(REPO)) for pkg in packages for p in (REPO / pkg).rglob("*")
+                  if p.is_file() and p.suffix not in {".py", ".pyc"} and "__pycache__" not in p.parts)
+    site = subprocess.run([str(wheel_venv / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    missing = [name for name in data if not (Path(site) / name).is_file()]
+    assert not missing, f"not in the wheel: {missing}"
