@@ -225,6 +225,14 @@ async def test_chart_deployments_provision_a_user_end_to_end(
         assert body["user_info"]["user_email"] == email
         assert "litellm-scim-operator" in json.dumps(body["user_info"].get("metadata")), "ownership tag"
 
+    # The Prometheus scrape annotations point at live metrics (first operator replica: the one whose
+    # ports are exactly the rendered ones).
+    async with httpx.AsyncClient(timeout=5) as http:
+        for component, proc in [("endpoint", endpoint), ("operator", operators[0][0])]:
+            ann = m.deployment(component)["spec"]["template"]["metadata"]["annotations"]
+            scraped = await http.get(f"http://127.0.0.1:{ann['prometheus.io/port']}{ann['prometheus.io/path']}")
+            assert scraped.status_code == 200 and "# HELP" in scraped.text, f"{proc.name} metrics"
+
     # Both operator replicas took part in the peering (the standby is there to take over).
     stored = await custom.get_namespaced_custom_object("kopf.dev", "v1", ns, "kopfpeerings",
                                                        peering["metadata"]["name"])

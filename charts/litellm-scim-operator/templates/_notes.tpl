@@ -28,8 +28,10 @@ litellm-scim-operator {{ .Chart.AppVersion }} is installed in namespace {{ $ns }
      litellm-scim token create {{ .Values.scimTokens.initialTokenName }} --namespace {{ $ns }} --token-secret {{ .Values.scimTokens.secretName }}
 {{- end }}
 
-   Rotate: `litellm-scim token create <name>` adds a token, `litellm-scim token revoke <name>`
-   removes one; the endpoint picks up both without a restart.
+   Rotate without downtime: add a token, paste it into the IdP, then revoke the old one; the
+   endpoint picks up both changes without a restart:
+     litellm-scim token create <name> --namespace {{ $ns }} --token-secret {{ .Values.scimTokens.secretName }}
+     litellm-scim token revoke {{ .Values.scimTokens.initialTokenName }} --namespace {{ $ns }} --token-secret {{ .Values.scimTokens.secretName }}
 
 3. Watch provisioning:
 
