@@ -63,7 +63,7 @@ def builder_sources(dockerfile: Path) -> list[str]:
 def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project as the image installs it: the builder stage's files copied into a clean directory
     (no stale build/ from the checkout), `pip wheel . --no-deps` there, then that wheel (and its
-    pinned dependencies) into a fresh virtualenv. Returns the venv's bin directory."""
+    pinned dependencies, as binary wheels) into a fresh virtualenv. Returns the venv's bin directory."""
     root = tmp_path_factory.mktemp("wheel")
     context = root / "context"
     context.mkdir()
@@ -78,5 +78,8 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (wheel,) = (root / "dist").glob("litellm_scim_operator-*.whl")
     subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True, capture_output=True)
     bin_dir = root / "venv" / "bin"
-    subprocess.run([str(bin_dir / "pip"), "install", "-q", str(wheel)], check=True, capture_output=True)
+    # Binary wheels only, as in the image: its builder stage (python:3.11-slim) has no compiler, so a
+    # dependency that would need building from source must fail here too.
+    subprocess.run([str(bin_dir / "pip"), "install", "-q", "--only-binary=:all:", str(wheel)],
+                   check=True, capture_output=True)
     return bin_dir
