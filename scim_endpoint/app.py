@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientError, web
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from scim_endpoint import schema
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 BASE = "/scim/v2"
 SCIM_JSON = "application/scim+json"
+_ENDPOINTS = {name.lower(): name for name in (
+    "Users", "Groups", "ServiceProviderConfig", "serviceConfiguration", "Schemas", "ResourceTypes", ".search")}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 SERVICE: web.AppKey[Service] = web.AppKey("service", Service)
@@ -54,6 +56,10 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         if metrics is not None:
             info = request.match_info.route.resource
             route = info.canonical if info is not None else "unmatched"
+            endpoint = request.match_info.get("endpoint")
+            if endpoint:
+                route = route.replace("{endpoint}", _ENDPOINTS.get(endpoint.lower(), endpoint))
+            route = route.replace("{slash}", "")
             metrics.requests.labels(request.method, route, str(status)).inc()
             metrics.latency.labels(request.method, route).observe(time.perf_counter() - started)
 
@@ -78,7 +84,7 @@ async def scim_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         return error_response(ScimError(exc.status, exc.reason))
-    except (Unavailable, ApiException, TimeoutError) as exc:
+    except (Unavailable, ApiException, TimeoutError, ClientError, OSError) as exc:
         log.warning("storage unavailable on %s %s: %s", request.method, request.path, type(exc).__name__)
         return error_response(ScimError(503, "The Kubernetes API is not available; retry later"))
     except Exception:
@@ -89,10 +95,10 @@ async def scim_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith(BASE):
+        if not (request.app[STORE].ready and request.app[TOKENS].ready):
+            raise ScimError(503, "The endpoint is starting: its caches are not synced yet")
         if not request.app[TOKENS].accepts(request.headers.get("Authorization")):
             raise ScimError(401, "Missing or invalid bearer token")
-        if not request.app[STORE].ready:
-            raise ScimError(503, "The endpoint is starting: its caches are not synced yet")
     return await handler(request)
 
 

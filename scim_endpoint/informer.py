@@ -39,14 +39,6 @@ def rv_of(obj: Obj) -> int:
         return 0
 
 
-def _slim(obj: Obj) -> Obj:
-    # managedFields is most of an object's size and nothing here reads it.
-    meta = obj.get("metadata")
-    if isinstance(meta, dict):
-        meta.pop("managedFields", None)
-    return obj
-
-
 class Informer:
     def __init__(self, kind: str, list_fn: ListFn, **selector: str) -> None:
         self.kind = kind
@@ -78,7 +70,9 @@ class Informer:
 
     async def _run(self) -> None:
         delay = 0.2
-        need_list = True
+        # A restarted informer resumes its watch where it stopped; the API server answers 410 Gone
+        # when that point has left its history, and the copy is listed again.
+        need_list = not self.synced.is_set()
         while True:
             try:
                 if need_list:
@@ -113,7 +107,7 @@ class Informer:
             if not list_rv:
                 list_rv = int(body["metadata"]["resourceVersion"])
             for item in body.get("items") or []:
-                items[item["metadata"]["name"]] = _slim(item)
+                items[item["metadata"]["name"]] = item
             cont = body["metadata"].get("continue")
             if not cont:
                 break
@@ -158,13 +152,13 @@ class Informer:
             if old is not None:
                 self._notify(name, old, None)
         else:
-            self._put(_slim(obj))
+            self._put(obj)
         self._advance(rv)
 
     # ---- local updates from this process's writes -------------------------------------------------
     def apply(self, obj: Obj) -> None:
         """Take an object returned by a write, unless the copy already holds a newer one."""
-        self._put(_slim(obj))
+        self._put(obj)
 
     def forget(self, name: str) -> None:
         """Drop an object this process deleted; older watch events for it are then ignored."""

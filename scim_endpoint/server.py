@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 
@@ -14,6 +15,7 @@ from litellm_scim.logs import setup_logging
 from litellm_scim.settings import EndpointSettings
 from scim_endpoint.app import create_app
 from scim_endpoint.auth import Tokens
+from scim_endpoint.kubeapi import skip_environment_lookups
 from scim_endpoint.metrics import Metrics
 from scim_endpoint.store import Store
 
@@ -39,6 +41,7 @@ async def serve(settings: EndpointSettings, stop: asyncio.Event | None = None) -
     except Exception as exc:
         log.error("cannot load the Kubernetes configuration: %s", exc)
         return 2
+    skip_environment_lookups(api)
     async with api:
         store = Store(api, settings.namespace)
         tokens = Tokens(api, settings.namespace, settings.token_secret)
@@ -60,13 +63,25 @@ async def serve(settings: EndpointSettings, stop: asyncio.Event | None = None) -
             log.error("cannot listen: %s", exc)
             await _shutdown(runners, store, tokens)
             return 1
+        freezer = asyncio.create_task(_freeze_after_sync(store))
         log.info("SCIM endpoint listening", extra={"fields": {
             "host": settings.host, "port": settings.port, "namespace": settings.namespace,
             "metrics_port": settings.metrics_port}})
         await stop.wait()
         log.info("shutting down")
+        freezer.cancel()
         await _shutdown(runners, store, tokens)
     return 0
+
+
+async def _freeze_after_sync(store: Store) -> None:
+    """The initial cache lives as long as the process: take it out of the cyclic garbage collector's
+    full scans, which otherwise walk every cached object (pauses of ~100 ms with 10,000 users)."""
+    await store.wait_ready()
+    gc.collect()
+    gc.freeze()
+    log.info("caches synced", extra={"fields": {"users": len(store.users.objects),
+                                                "groups": len(store.groups.objects)}})
 
 
 async def _shutdown(runners: list[web.AppRunner], store: Store, tokens: Tokens) -> None:

@@ -79,10 +79,8 @@ class Service:
         cached = self._group_views.get(rec.id)
         if cached is not None and cached[0] == key:
             return cached[1]
-        # Members are returned as stored (value, type) without a derived $ref: clients that PATCH
-        # members read back exactly what they sent (RFC 7643 section 4.2 makes $ref optional).
-        view = convert.group_to_scim(rec.spec, rec.id, dict(rec.meta), rec.members())
-        view["meta"]["location"] = f"{base_url}/Groups/{rec.id}"
+        meta = {**rec.meta, "location": f"{base_url}/Groups/{rec.id}"}
+        view = convert.group_to_scim(rec.spec, rec.id, meta, rec.members())
         self._group_views[rec.id] = (key, view)
         return view
 

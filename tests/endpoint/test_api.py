@@ -6,34 +6,10 @@ import json
 from typing import Any
 
 import pytest
-from conftest import SCIM, Scim
+from scim_http import ENTERPRISE, GROUP, SCIM, USER, Scim, assert_error, patch_body, user_body
 from stored import stored_claims, stored_group, stored_members, stored_shards, stored_user
 
 from scim_contract import SHARDS, claim_name, shard_name, shard_of
-
-USER = "urn:ietf:params:scim:schemas:core:2.0:User"
-GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
-ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
-PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
-
-
-def user_body(user_name: str, **extra: Any) -> dict[str, Any]:
-    return {"schemas": [USER], "userName": user_name, **extra}
-
-
-def patch_body(*ops: dict[str, Any]) -> dict[str, Any]:
-    return {"schemas": [PATCH], "Operations": list(ops)}
-
-
-def assert_error(resp: Any, status: int, scim_type: str | None = None) -> None:
-    assert resp.status == status, resp.text
-    assert resp.headers["Content-Type"].startswith(SCIM)
-    assert resp.body["schemas"] == [ERROR]
-    assert resp.body["status"] == str(status)
-    assert resp.body["detail"]
-    if scim_type:
-        assert resp.body.get("scimType") == scim_type
 
 
 async def test_user_lifecycle_is_stored_as_a_scim_user(scim: Scim) -> None:
@@ -254,3 +230,65 @@ async def test_fifty_thousand_member_group_over_http(scim: Scim) -> None:
     assert {n for n in after if after[n] != before.get(n)} == {shard_name(gid, shard_of("late-joiner"))}
     listed = await scim.get('/Groups?filter=displayName%20eq%20%22All%22&excludedAttributes=members')
     assert listed.body["totalResults"] == 1 and "members" not in listed.body["Resources"][0]
+
+
+async def test_metrics_count_requests_by_route(kube_api: Any, namespace: str, token: str) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+    from scim_http import TOKEN_SECRET
+
+    from scim_endpoint.app import create_app
+    from scim_endpoint.auth import Tokens
+    from scim_endpoint.metrics import Metrics
+    from scim_endpoint.store import Store
+
+    store, tokens = Store(kube_api, namespace), Tokens(kube_api, namespace, TOKEN_SECRET)
+    store.start()
+    tokens.start()
+    await store.wait_ready()
+    await tokens.informer.synced.wait()
+    metrics = Metrics(store)
+    app = create_app(store, tokens, metrics=metrics)
+    try:
+        async with TestServer(app) as server, TestClient(server) as http:
+            scim = Scim(http, token, kube_api, namespace)
+            await scim.post("/Users", user_body("metered@example.com"))
+            await scim.get("/users?count=1")
+            await scim.get("/Nope")
+        async with TestServer(metrics.app()) as server, TestClient(server) as http:
+            text = await (await http.get("/metrics")).text()
+    finally:
+        await tokens.stop()
+        await store.stop()
+    assert 'scim_requests_total{method="POST",route="/scim/v2/Users",status="201"} 1.0' in text
+    assert 'scim_requests_total{method="GET",route="/scim/v2/Users",status="200"} 1.0' in text
+    assert 'status="404"' in text
+    assert 'scim_cached_objects{kind="scimusers"} 1.0' in text
+    assert token not in text
+
+
+async def test_api_server_failures_are_503_scim_errors(kubeconfig: str, namespace: str, token: str) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+    from scim_http import TOKEN_SECRET
+
+    from litellm_scim import kube
+    from scim_endpoint.app import create_app
+    from scim_endpoint.auth import Tokens
+    from scim_endpoint.store import Store
+
+    api = await kube.api_client(kubeconfig)
+    async with api:
+        store, tokens = Store(api, namespace), Tokens(api, namespace, TOKEN_SECRET)
+        store.start()
+        tokens.start()
+        await store.wait_ready()
+        await tokens.informer.synced.wait()
+        # The API server goes away after the caches synced.
+        api.configuration.host = "https://127.0.0.1:9"
+        try:
+            async with TestServer(create_app(store, tokens)) as server, TestClient(server) as http:
+                scim = Scim(http, token, api, namespace)
+                assert_error(await scim.post("/Users", user_body("down@example.com")), 503)
+                assert_error(await scim.get("/Users"), 503)
+        finally:
+            await tokens.stop()
+            await store.stop()

@@ -7,9 +7,8 @@ import uuid
 from typing import Any
 from urllib.parse import quote
 
-from conftest import Scim
+from scim_http import ENTERPRISE, GROUP, USER, Scim, assert_error, patch_body, user_body
 from stored import list_objects, stored_claims, stored_group, stored_members, stored_shards, stored_user
-from test_api import ENTERPRISE, GROUP, USER, assert_error, patch_body, user_body
 
 from scim_contract import SHARD, claim_name
 

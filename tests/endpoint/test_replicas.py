@@ -8,10 +8,9 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from conftest import EndpointProcess, Scim, write_tokens
 from kubernetes_asyncio import client
+from scim_http import GROUP, EndpointProcess, Scim, assert_error, patch_body, user_body, write_tokens
 from stored import list_objects, stored_members
-from test_api import GROUP, assert_error, patch_body, user_body
 
 pytestmark = pytest.mark.slow
 

@@ -170,3 +170,43 @@ async def test_fifty_thousand_members_stay_small_and_one_member_rewrites_one_sha
     changed = {name for name in after if after[name] != before.get(name)}
     assert changed == {shard_name(group.id, shard_of("newcomer"))}
     assert "newcomer" in await stored_members(kube_api, namespace, group.id)
+
+
+async def test_informer_resumes_its_watch_and_relists_after_410(kube_api: client.ApiClient, namespace: str,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    from functools import partial
+
+    caplog.set_level(logging.INFO, logger="scim_endpoint.informer")
+    from scim_contract import USER
+    from scim_endpoint.informer import Informer
+
+    custom = client.CustomObjectsApi(kube_api)
+    informer = Informer(USER.plural, partial(custom.list_namespaced_custom_object, API_GROUP, VERSION, namespace,
+                                             USER.plural))
+
+    async def create(name: str) -> None:
+        await custom.create_namespaced_custom_object(API_GROUP, VERSION, namespace, USER.plural, {
+            "apiVersion": API_VERSION, "kind": USER.kind, "metadata": {"name": name}, "spec": {"userName": name}})
+
+    async def seen(name: str) -> bool:
+        for _ in range(100):
+            if name in informer.objects:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    informer.start()
+    await asyncio.wait_for(informer.synced.wait(), 30)
+    await informer.stop()
+    await create("while-stopped")
+    informer.start()  # resumes the watch from where it stopped
+    assert await seen("while-stopped")
+    await informer.stop()
+    await create("after-history")
+    informer.rv = 1  # a point long gone from the API server's watch history: 410 Gone, then a new list
+    informer.start()
+    assert await seen("after-history")
+    assert "expired; listing again" in caplog.text
+    assert informer.rv > 1
+    await informer.stop()

@@ -1,0 +1,157 @@
+"""Helpers of the endpoint tests: a SCIM client, the token Secret, real ``litellm-scim endpoint`` processes."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp.test_utils import TestClient
+from kubernetes_asyncio import client
+
+from litellm_scim import peers
+
+TOKEN_SECRET = "litellm-scim-tokens"
+SCIM = "application/scim+json"
+
+
+async def write_tokens(api: client.ApiClient, namespace: str, tokens: dict[str, str]) -> None:
+    """Create or replace the token Secret with exactly these name -> token entries."""
+    core = client.CoreV1Api(api)
+    body = {
+        "metadata": {"name": TOKEN_SECRET,
+                     "annotations": {f"tokens.scim.litellm-operator.dev/{n}": "2026-01-01T00:00:00Z" for n in tokens}},
+        "data": {n: base64.b64encode(t.encode()).decode() for n, t in tokens.items()},
+    }
+    try:
+        current = await core.read_namespaced_secret(TOKEN_SECRET, namespace)
+    except client.exceptions.ApiException as exc:
+        if exc.status != 404:
+            raise
+        await core.create_namespaced_secret(namespace, body)
+        return
+    body["metadata"]["resourceVersion"] = current.metadata.resource_version
+    await core.replace_namespaced_secret(TOKEN_SECRET, namespace, body)
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any
+    headers: Any
+    text: str = field(repr=False, default="")
+
+
+class Scim:
+    """A SCIM client bound to one endpoint, plus the namespace it stores into."""
+
+    def __init__(self, http: TestClient[Any, Any] | aiohttp.ClientSession, token: str, api: client.ApiClient,
+                 namespace: str, base: str = "") -> None:
+        self.http = http
+        self.token = token
+        self.api = api
+        self.namespace = namespace
+        self.base = base
+
+    async def call(self, method: str, path: str, body: Any = None, *, token: str | None = None,
+                   headers: dict[str, str] | None = None, raw: bytes | None = None,
+                   content_type: str = SCIM) -> Response:
+        sent = {"Authorization": f"Bearer {token if token is not None else self.token}", **(headers or {})}
+        data: bytes | None = raw
+        if body is not None:
+            import json
+
+            data = json.dumps(body).encode()
+        if data is not None:
+            sent["Content-Type"] = content_type
+        url = f"{self.base}/scim/v2{path}"
+        async with self.http.request(method, url, data=data, headers=sent) as resp:
+            text = await resp.text()
+            parsed: Any = None
+            if text:
+                import json
+
+                try:
+                    parsed = json.loads(text)
+                except ValueError:
+                    parsed = None
+            return Response(resp.status, parsed, resp.headers, text)
+
+    async def get(self, path: str, **kw: Any) -> Response:
+        return await self.call("GET", path, **kw)
+
+    async def post(self, path: str, body: Any, **kw: Any) -> Response:
+        return await self.call("POST", path, body, **kw)
+
+    async def put(self, path: str, body: Any, **kw: Any) -> Response:
+        return await self.call("PUT", path, body, **kw)
+
+    async def patch(self, path: str, body: Any, **kw: Any) -> Response:
+        return await self.call("PATCH", path, body, **kw)
+
+    async def delete(self, path: str, **kw: Any) -> Response:
+        return await self.call("DELETE", path, **kw)
+
+
+# ---- real endpoint processes ------------------------------------------------------------------------
+@dataclass
+class EndpointProcess:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+def start_endpoint(kubeconfig: str, namespace: str, log: Path) -> EndpointProcess:
+    port = peers.free_port()
+    env = {**os.environ, "KUBECONFIG": kubeconfig}
+    out = log.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "litellm_scim.cli", "endpoint", "--host", "127.0.0.1", "--port", str(port),
+         "--metrics-port", "0", "--namespace", namespace, "--kubeconfig", kubeconfig, "--log-format", "text"],
+        stdout=out, stderr=subprocess.STDOUT, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        peers.wait_http(f"{url}/readyz", timeout=30)
+    except TimeoutError:
+        proc.terminate()
+        raise RuntimeError(f"endpoint did not become ready: {log.read_text()[-2000:]}") from None
+    return EndpointProcess(url, proc, log)
+
+
+def stop_endpoint(ep: EndpointProcess) -> None:
+    ep.proc.terminate()
+    try:
+        ep.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        ep.proc.kill()
+
+
+USER = "urn:ietf:params:scim:schemas:core:2.0:User"
+GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
+ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
+
+
+def user_body(user_name: str, **extra: Any) -> dict[str, Any]:
+    return {"schemas": [USER], "userName": user_name, **extra}
+
+
+def patch_body(*ops: dict[str, Any]) -> dict[str, Any]:
+    return {"schemas": [PATCH], "Operations": list(ops)}
+
+
+def assert_error(resp: Any, status: int, scim_type: str | None = None) -> None:
+    assert resp.status == status, resp.text
+    assert resp.headers["Content-Type"].startswith(SCIM)
+    assert resp.body["schemas"] == [ERROR]
+    assert resp.body["status"] == str(status)
+    assert resp.body["detail"]
+    if scim_type:
+        assert resp.body.get("scimType") == scim_type
