@@ -60,7 +60,25 @@ def _names(ids: list[str], display: dict[str, str], limit: int = 10) -> str:
 
 async def add_members(op: Operator, team_id: str, user_ids: list[str]) -> None:
     for start in range(0, len(user_ids), ADD_BATCH):
-        await op.litellm.member_add(team_id, user_ids[start : start + ADD_BATCH])
+        await _add_chunk(op, team_id, user_ids[start : start + ADD_BATCH])
+
+
+async def _add_chunk(op: Operator, team_id: str, user_ids: list[str]) -> None:
+    try:
+        await op.litellm.member_add(team_id, user_ids)
+    except LiteLLMError as exc:
+        # LiteLLM adds a list in one database transaction with a 5 s limit: a busy proxy answers a
+        # large list with a 500 ("Transaction already closed"). Halves still get through, and a list
+        # that partly landed is harmless (members already in the team are skipped).
+        if exc.status < 500 or len(user_ids) < 2:
+            raise
+        log.info(
+            "member_add too large for LiteLLM right now; splitting",
+            extra={"fields": {"team": team_id, "members": len(user_ids), "error": exc.message[:200]}},
+        )
+        half = len(user_ids) // 2
+        await _add_chunk(op, team_id, user_ids[:half])
+        await _add_chunk(op, team_id, user_ids[half:])
 
 
 async def remove_members(op: Operator, team_id: str, user_ids: list[str]) -> None:
@@ -84,7 +102,6 @@ async def _ensure_team(
                 }
             )
             out.events.append(("Created", f"created LiteLLM team {team_id}"))
-            metrics.MANAGED.labels("team").inc()
             return None
         except LiteLLMError as exc:
             if "already exists" not in exc.message.lower():
@@ -145,6 +162,25 @@ async def apply_group(
         )
     out.members = len(desired)
     return out
+
+
+async def compare_members(op: Operator, view: View, group: str, team_id: str) -> tuple[list[str], list[str]]:
+    """Make the team's members exactly the group's usable members, from a fresh /team/info.
+
+    Used after a failed membership call: a call that timed out may still have been applied (or be
+    in flight), so retrying the same difference blindly could race it; comparing again cannot."""
+    info = await op.litellm.team_info(team_id)
+    if info is None:
+        raise LiteLLMError(404, f"LiteLLM team {team_id} does not exist", endpoint="/team/info")
+    desired = view.desired_members(group)
+    shards = list(view.shards.get(group) or ())
+    adds, removes = membership_differences(desired, team_members(info))
+    await add_members(op, team_id, adds)
+    await remove_members(op, team_id, removes)
+    for shard, users, _nested in shards:
+        op.memory.applied_shards[shard] = frozenset(users)
+    op.memory.pending_joins.pop(group, None)
+    return adds, removes
 
 
 def _status_ok(
@@ -242,7 +278,6 @@ async def delete(op: Operator, body: Any, retry: int) -> None:
             raise retry_later(exc, retry) from None
         finally:
             op.memory.forget_lock("group", name)
-    metrics.MANAGED.labels("team").dec()
     emit(body, "Deleted", f"deleted LiteLLM team {team_id}")
 
 
@@ -279,8 +314,11 @@ async def shard_changed(op: Operator, view: View, event_type: str | None, body: 
                 if n in op.memory.ready_users or view.user_exists(n)
             ]
             try:
-                await add_members(op, team_id, adds)
-                await remove_members(op, team_id, removes)
+                if attempt:
+                    adds, removes = await compare_members(op, view, group, team_id)
+                else:
+                    await add_members(op, team_id, adds)
+                    await remove_members(op, team_id, removes)
             except LiteLLMError as exc:
                 metrics.FAILURES.labels("membership", failure_reason(exc)).inc()
                 await op.resources.update_status(GROUP, group, _failed(failure_reason(exc), str(exc)))
@@ -338,7 +376,10 @@ async def _flush_joins(op: Operator, view: View, group: str, team_id: str) -> No
                 if not batch or op.memory.teams.get(group) != team_id:
                     return  # nothing left, or the group was deleted meanwhile
                 try:
-                    await add_members(op, team_id, batch)
+                    if attempt:
+                        batch, _ = await compare_members(op, view, group, team_id)
+                    else:
+                        await add_members(op, team_id, batch)
                 except LiteLLMError as exc:
                     op.memory.pending_joins.setdefault(group, set()).update(batch)
                     attempt += 1
@@ -347,7 +388,7 @@ async def _flush_joins(op: Operator, view: View, group: str, team_id: str) -> No
                     continue
                 attempt = 0
                 target = await op.resources.update_status(GROUP, group, _ok(team_id, view, group))
-            if target is not None:
+            if target is not None and batch:
                 gref = ref(GROUP, op.namespace, group, target["metadata"].get("uid"))
                 emit(
                     gref,

@@ -9,7 +9,6 @@ import logging
 from typing import Any
 
 import kopf
-from kopf._core.intents.registries import SmartOperatorRegistry
 from pydantic import ValidationError
 
 from litellm_scim import kube
@@ -44,8 +43,7 @@ async def connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
 
 
 def build_registry(op: Operator) -> kopf.OperatorRegistry:
-    # The "smart" registry keeps Kopf's own login handlers (kubeconfig, in-cluster service account).
-    registry: kopf.OperatorRegistry = SmartOperatorRegistry()
+    registry = kopf.OperatorRegistry()
 
     @kopf.on.login(id="kubeconfig", registry=registry)
     async def login(**_: Any) -> kopf.ConnectionInfo:

@@ -101,6 +101,10 @@ class LiteLLM:
         self._key = master_key
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._limit = asyncio.Semaphore(max(1, concurrency))
+        # LiteLLM writes every added member inside one database transaction with a 5 s limit; with
+        # more than a couple of those in parallel they all run out of time (HTTP 500), so member
+        # additions get a quarter of the slots.
+        self._member_limit = asyncio.Semaphore(max(1, concurrency // 4))
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
@@ -133,9 +137,10 @@ class LiteLLM:
         body: dict[str, Any] | None = None,
     ) -> Any:
         endpoint = path
-        started = time.perf_counter()
         status_label = "error"
         async with self._limit:
+            # Latency is LiteLLM's answer time, not time spent waiting for a free slot here.
+            started = time.perf_counter()
             try:
                 async with self._http().request(method, self._url + path, params=params, json=body) as resp:
                     status_label = str(resp.status)
@@ -230,7 +235,8 @@ class LiteLLM:
         if not members:
             return
         try:
-            await self.call("POST", "/team/member_add", body={"team_id": team_id, "member": members})
+            async with self._member_limit:
+                await self.call("POST", "/team/member_add", body={"team_id": team_id, "member": members})
         except LiteLLMError as exc:
             if exc.kind != "team_member_already_in_team":
                 raise

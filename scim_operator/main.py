@@ -124,6 +124,7 @@ async def operate(settings: OperatorSettings, *, stop_flag: Any = None, ready_fl
         op = Operator(
             settings=settings, litellm=litellm, resources=Resources(api, settings.namespace), memory=Memory()
         )
+        metrics.track_managed(lambda: len(op.memory.ready_users), lambda: len(op.memory.teams))
         metrics.serve(settings.metrics_port)
         # Equal priorities would make every replica active: a random one makes exactly one active.
         priority = settings.peering_priority or random.randint(1, 2**31 - 1)  # noqa: S311

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 _P = "litellm_scim_operator"
@@ -24,7 +26,16 @@ DRIFT_FOUND = Counter(
     f"{_P}_drift_found_total", "Differences found between LiteLLM and the resources", ["kind"]
 )
 DRIFT_CORRECTED = Counter(f"{_P}_drift_corrected_total", "Drift corrected in LiteLLM", ["kind"])
-MANAGED = Gauge(f"{_P}_managed_objects", "LiteLLM objects currently managed", ["kind"])
+MANAGED = Gauge(
+    f"{_P}_managed_objects",
+    "LiteLLM users and teams this replica currently manages (verified ours)",
+    ["kind"],
+)
+
+
+def track_managed(users: Callable[[], int], teams: Callable[[], int]) -> None:
+    MANAGED.labels("user").set_function(users)
+    MANAGED.labels("team").set_function(teams)
 
 
 def serve(port: int) -> None:

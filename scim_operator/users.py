@@ -63,7 +63,6 @@ async def _ensure_user(op: Operator, name: str, desired: DesiredUser, out: Outco
         try:
             await op.litellm.user_new(desired.new_body(s.owner_tag, op.namespace, name))
             out.events.append(("Created", f"created LiteLLM user {desired.user_id}"))
-            metrics.MANAGED.labels("user").inc()
             return
         except LiteLLMError as exc:
             # A create that landed before a crash or a concurrent retry: verify ownership below.
@@ -253,7 +252,6 @@ async def delete(op: Operator, body: Any, retry: int) -> None:
             raise retry_later(exc, retry) from None
         finally:
             op.memory.forget_lock("user", name)
-    metrics.MANAGED.labels("user").dec()
     emit(body, "Deleted", f"deleted LiteLLM user {user_id} and its {len(keys)} key(s)")
     op.memory.deleting_users.discard(name)
 

@@ -60,7 +60,7 @@ class OperatorProcess:
         args = {
             "namespace": self.namespace, "kubeconfig": self.kubeconfig, "litellm-url": self.litellm_url,
             "probe-port": str(self.probe_port), "metrics-port": str(self.metrics_port),
-            "drift-interval": "2", "log-format": "text", "litellm-timeout": "5", **self.extra,
+            "drift-interval": "2", "log-format": "text", "litellm-timeout": "20", **self.extra,
         }
         cmd = [sys.executable, "-m", "litellm_scim.cli", "operator"]
         for key, value in args.items():

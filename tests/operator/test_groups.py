@@ -88,7 +88,7 @@ async def _team_gone(admin: Admin, team_id: str) -> bool:
 async def test_drift_in_litellm_is_reported_and_corrected(
     start_operator: Callable[..., OperatorProcess], kube_rw: Kube, admin: Admin, ids: Callable[[str], str],
 ) -> None:
-    start_operator(drift_interval="1")
+    operator = start_operator(drift_interval="1")
     a, b, group = ids("dan"), ids("eve"), ids("ops")
     await _make_users(kube_rw, admin, [a, b])
     await kube_rw.create(c.GROUP, group, {"displayName": "Operations"})
@@ -112,6 +112,10 @@ async def test_drift_in_litellm_is_reported_and_corrected(
     assert f"member {a}@example.com missing from team" in detected
     assert "team alias is 'Renamed in UI', expected 'Operations'" in detected
     assert any(r == "DriftCorrected" for _, r, _ in events)
+    text = operator.metrics()
+    assert metric_sum(text, "litellm_scim_operator_drift_found_total", kind="team") >= 2
+    assert metric_sum(text, "litellm_scim_operator_drift_corrected_total", kind="team") >= 2
+    assert metric_sum(text, "litellm_scim_operator_managed_objects", kind="user") == 2
 
     # A user deleted behind our back comes back, too.
     status, _ = await admin.post("/user/delete", {"user_ids": [b]})

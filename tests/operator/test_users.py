@@ -70,8 +70,13 @@ async def test_user_created_updated_deactivated_reactivated_deleted(
     await eventually(blocked, what="key refused while the user is inactive")
     obj = await eventually(lambda: _with_blocked(kube_rw, name), what="blockedKeys recorded")
     assert obj["status"]["litellm"]["blockedKeys"] == [key_hash]
-    ready = await kube_rw.condition(c.USER, name, "Ready")
-    assert ready is not None and ready["reason"] == "Deactivated"
+
+    async def deactivated() -> dict[str, Any] | None:
+        ready = await kube_rw.condition(c.USER, name, "Ready")
+        return ready if ready and ready["reason"] == "Deactivated" else None
+
+    ready = await eventually(deactivated, what="Ready reason Deactivated")
+    assert ready["message"] == "user deactivated; 1 LiteLLM key(s) blocked"
     assert any(r == "KeysBlocked" for _, r, _ in await kube_rw.events(name))
     assert key not in str(obj) and key not in str(await kube_rw.events(name))  # plaintext never stored
 

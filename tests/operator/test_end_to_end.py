@@ -1,0 +1,188 @@
+"""End to end: SCIM requests into ``litellm-scim endpoint`` -> custom resources -> ``litellm-scim
+operator`` -> LiteLLM, with both processes real and only the SCIM API and LiteLLM observed."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from kubernetes_asyncio import client
+from operator_helpers import Admin, OperatorProcess, eventually
+
+from litellm_scim import peers
+
+pytestmark = [pytest.mark.litellm, pytest.mark.slow]
+
+SCIM = "application/scim+json"
+PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+
+
+@pytest.fixture
+async def scim_token(kube_api: client.ApiClient, namespace: str) -> str:
+    value = secrets.token_urlsafe(24)
+    await client.CoreV1Api(kube_api).create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {
+                "name": "litellm-scim-tokens",
+                "annotations": {"tokens.scim.litellm-operator.dev/e2e": "2026-01-01T00:00:00Z"},
+            },
+            "data": {"e2e": base64.b64encode(value.encode()).decode()},
+        },
+    )
+    return value
+
+
+@pytest.fixture
+def endpoint(namespace: str, kubeconfig: str, scim_token: str, tmp_path: Path) -> Iterator[str]:
+    port = peers.free_port()
+    log = (tmp_path / "endpoint.log").open("ab")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "litellm_scim.cli",
+            "endpoint",
+            "--namespace",
+            namespace,
+            "--kubeconfig",
+            kubeconfig,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--metrics-port",
+            "0",
+            "--log-format",
+            "text",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
+                    break
+            except OSError as exc:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"endpoint not ready: {(tmp_path / 'endpoint.log').read_text()[-2000:]}"
+                    ) from exc
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}/scim/v2"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+async def scim(endpoint: str, scim_token: str) -> AsyncIterator[Callable[..., Any]]:
+    session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {scim_token}", "Content-Type": SCIM})
+
+    async def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        async with session.request(method, endpoint + path, json=body) as resp:
+            text = await resp.text()
+            return resp.status, (await resp.json(content_type=None)) if text else None
+
+    yield call
+    await session.close()
+
+
+async def test_scim_user_and_group_reach_litellm(
+    scim: Callable[..., Any],
+    start_operator: Callable[..., OperatorProcess],
+    admin: Admin,
+    namespace: str,
+) -> None:
+    start_operator(drift_interval="600")
+    suffix = namespace
+    status, alice = await scim(
+        "POST",
+        "/Users",
+        {
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": f"alice-{suffix}@example.com",
+            "displayName": "Alice",
+            "active": True,
+            "emails": [{"value": f"alice-{suffix}@example.com", "type": "work", "primary": True}],
+        },
+    )
+    assert status == 201, alice
+    status, bob = await scim(
+        "POST",
+        "/Users",
+        {
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": f"bob-{suffix}@example.com",
+        },
+    )
+    assert status == 201, bob
+    status, group = await scim(
+        "POST",
+        "/Groups",
+        {
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+            "displayName": f"Research {suffix}",
+            "members": [{"value": alice["id"]}, {"value": bob["id"]}],
+        },
+    )
+    assert status == 201, group
+
+    async def team_members(expected: list[str]) -> list[str] | None:
+        members = await admin.members(group["id"])
+        return members if members == sorted(expected) else None
+
+    await eventually(lambda: team_members([alice["id"], bob["id"]]), what="team with both members")
+    user = await admin.user(alice["id"])
+    assert user is not None
+    assert (user["user_email"], user["user_alias"]) == (f"alice-{suffix}@example.com", "Alice")
+    team = await admin.team(group["id"])
+    assert team is not None and team["team_alias"] == f"Research {suffix}"
+
+    # Entra removes a member, then disables the user: the member leaves, the user's key stops working.
+    status, _ = await scim(
+        "PATCH",
+        f"/Groups/{group['id']}",
+        {"schemas": [PATCH_OP], "Operations": [{"op": "Remove", "path": f'members[value eq "{bob["id"]}"]'}]},
+    )
+    assert status in (200, 204)
+    await eventually(lambda: team_members([alice["id"]]), what="member removed")
+
+    _, key = await admin.post("/key/generate", {"user_id": alice["id"]})
+    assert await admin.models_status(key["key"]) == 200
+    status, _ = await scim(
+        "PATCH",
+        f"/Users/{alice['id']}",
+        {"schemas": [PATCH_OP], "Operations": [{"op": "Replace", "path": "active", "value": "False"}]},
+    )
+    assert status in (200, 204)
+
+    async def refused() -> int | None:
+        code = await admin.models_status(key["key"])
+        return code if code == 401 else None
+
+    await eventually(refused, what="disabled user's key refused")
+
+    status, _ = await scim("DELETE", f"/Users/{bob['id']}")
+    assert status == 204
+
+    async def bob_gone() -> bool:
+        return await admin.user(bob["id"]) is None
+
+    await eventually(bob_gone, what="deleted user gone from LiteLLM")

@@ -1,0 +1,38 @@
+"""Two replicas with Kopf peering: one works, the other stands by and takes over when it dies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from operator_helpers import Admin, Kube, OperatorProcess, eventually
+
+import scim_contract as c
+
+pytestmark = [pytest.mark.litellm, pytest.mark.slow]
+
+
+async def test_standby_replica_does_nothing_until_the_active_one_dies(
+    start_operator: Callable[..., OperatorProcess], kube_rw: Kube, admin: Admin, ids: Callable[[str], str],
+) -> None:
+    peering = {"no-standalone": "", "peering": "scim-test", "peering_lifetime": "6"}
+    active = start_operator(peering_priority="200", **peering)
+    standby = start_operator(peering_priority="100", **peering)
+
+    # Kopf starts peered replicas paused and resumes the one no higher-priority peer outranks.
+    async def resumed(proc: OperatorProcess) -> bool:
+        return "Resuming operations" in proc.log_text()
+
+    await eventually(lambda: resumed(active), what="the active replica works")
+    first = ids("pia")
+    await kube_rw.create(c.USER, first, {"userName": f"{first}@example.com"})
+    await eventually(lambda: admin.user(first), what="user created by the active replica")
+    assert "user-create" in active.log_text()
+    assert "user-create" not in standby.log_text()
+    assert not await resumed(standby)
+
+    active.kill()
+    second = ids("quinn")
+    await kube_rw.create(c.USER, second, {"userName": f"{second}@example.com"})
+    await eventually(lambda: admin.user(second), within=60, what="standby took over")
+    assert "user-create" in standby.log_text()
