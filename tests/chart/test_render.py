@@ -93,6 +93,7 @@ def test_default_processes(default: Manifests) -> None:
     assert default.container("operator")["command"] == ["litellm-scim", "operator"]
     assert op["--litellm-url"] == REQUIRED_VALUES["litellm"]["url"]
     assert op["--peering"] == "litellm-scim-operator" and "--standalone" not in op
+    assert op["--peering-lifetime"] == "60"
     assert op["--probe-port"] == "8081"
     assert op["--drift-policy"] == "correct" and "--no-adopt" in op
     image = default.container("endpoint")["image"]
@@ -111,7 +112,7 @@ def test_custom_values_reach_the_processes(custom: Manifests) -> None:
     assert op["--drift-interval"] == "60" and op["--drift-policy"] == "report"
     assert op["--team-id-strategy"] == "externalId" and op["--deletion-policy"] == "keep"
     assert "--adopt" in op and op["--owner-tag"] == "scim-prod"
-    assert "--standalone" in op and "--peering" not in op
+    assert "--standalone" in op and "--peering" not in op and "--peering-lifetime" not in op
     assert op["--probe-port"] == "18081" and op["--metrics-port"] == "0"
     assert custom.container("operator")["image"] == "registry.example.com/platform/litellm-scim:1.2.3"
 
