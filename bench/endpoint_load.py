@@ -3,8 +3,9 @@
 Runs, in one process and on 127.0.0.1 only:
 - the endpoint (a real ``litellm-scim endpoint`` process) on a fresh namespace,
 - the same traffic against python-scim's in-memory reference server ``scim2-server``,
-- the raw API-server writes the endpoint's writes are made of (create a ScimUser, rewrite a member
-  shard), with the same client library: the floor of this design,
+- the raw API-server writes the endpoint's writes are made of (create a ScimUser, claim + create,
+  rewrite a member shard), with the same client library, in the endpoint's namespace while its
+  watches are open: the floor of this design (and again in a namespace nobody watches),
 then stores 10,000 users and 1,000 groups and reports the endpoint's resident memory.
 
 Traffic (Okta/Entra shaped): POST /Users (with password and ``groups: []``), lookups
@@ -76,124 +77,149 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
 
 
-async def load(name: str, n: int, concurrency: int, one: Callable[[int], Awaitable[bool]]) -> Stats:
-    """Run ``one(i)`` for i in range(n) with ``concurrency`` workers; latency of each call."""
-    latencies: list[float] = []
-    errors = 0
-    counter = iter(range(n))
+Op = Callable[[int], Awaitable[bool]]
+
+
+@dataclass
+class Series:
+    """Latencies of one operation on one server, gathered over several rounds."""
+
+    name: str
+    latencies: list[float]
+    errors: int = 0
+    wall: float = 0.0
+
+    def stats(self) -> Stats:
+        n = len(self.latencies)
+        return Stats(self.name, n, self.errors, _pct(self.latencies, 0.5), _pct(self.latencies, 0.9),
+                     _pct(self.latencies, 0.99), n / self.wall if self.wall else 0.0)
+
+
+async def run_batch(series: Series, indexes: range, concurrency: int, one: Op) -> None:
+    """Run ``one(i)`` for each index with ``concurrency`` workers, adding each call's latency."""
+    counter = iter(indexes)
 
     async def worker() -> None:
-        nonlocal errors
         for i in counter:
             started = time.perf_counter()
             ok = await one(i)
-            latencies.append(time.perf_counter() - started)
-            errors += 0 if ok else 1
+            series.latencies.append(time.perf_counter() - started)
+            series.errors += 0 if ok else 1
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - started
-    return Stats(name, n, errors, _pct(latencies, 0.5), _pct(latencies, 0.9), _pct(latencies, 0.99), n / wall)
+    series.wall += time.perf_counter() - started
+
+
+async def interleaved(contenders: dict[str, Op], n: int, concurrency: int, rounds: int) -> dict[str, Stats]:
+    """Each contender runs n calls in ``rounds`` slices, taking turns, so that a change in the machine's
+    background load (it is shared) hits all of them alike."""
+    series = {name: Series(name, []) for name in contenders}
+    step = max(1, n // rounds)
+    for start in range(0, n, step):
+        for name, one in contenders.items():
+            await run_batch(series[name], range(start, min(n, start + step)), concurrency, one)
+    return {name: s.stats() for name, s in series.items()}
 
 
 # ---- SCIM traffic (same for the endpoint and scim2-server) ---------------------------------------
-async def scim_traffic(label: str, base: str, token: str, args: argparse.Namespace) -> dict[str, Stats]:
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/scim+json"}
-    names: list[str] = []
-    ids: list[str] = []
-    connector = aiohttp.TCPConnector(limit=args.concurrency * 2)
-    async with aiohttp.ClientSession(base_url=base, headers=headers, connector=connector) as http:
+class ScimTraffic:
+    def __init__(self, label: str, http: aiohttp.ClientSession) -> None:
+        self.label = label
+        self.http = http
+        self.names: list[str] = []
+        self.ids: list[str] = []
+        self.groups: asyncio.Queue[str] = asyncio.Queue()
 
-        async def post_user(i: int) -> bool:
-            name = f"{label}-{i}-{uuid.uuid4().hex[:6]}@example.com"
-            body = {"schemas": [USER_URN], "userName": name, "active": True, "password": "Pa55-word!",
-                    "groups": [], "name": {"givenName": "Load", "familyName": str(i)},
-                    "emails": [{"primary": True, "value": name, "type": "work"}]}
-            async with http.post("Users", json=body) as resp:
-                data = await resp.json(content_type=None)
-                if resp.status == 201:
-                    names.append(name)
-                    ids.append(data["id"])
-                return resp.status == 201
+    async def post_user(self, i: int) -> bool:
+        name = f"{self.label}-{i}-{uuid.uuid4().hex[:6]}@example.com"
+        body = {"schemas": [USER_URN], "userName": name, "active": True, "password": "Pa55-word!",
+                "groups": [], "name": {"givenName": "Load", "familyName": str(i)},
+                "emails": [{"primary": True, "value": name, "type": "work"}]}
+        async with self.http.post("Users", json=body) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status == 201:
+                self.names.append(name)
+                self.ids.append(data["id"])
+            return resp.status == 201
 
-        async def lookup(i: int) -> bool:
-            name = random.choice(names)
-            params = {"filter": f'userName eq "{name.upper()}"', "startIndex": "1", "count": "100"}
-            async with http.get("Users", params=params) as resp:
-                data = await resp.json(content_type=None)
-                return resp.status == 200 and data.get("totalResults") == 1
+    async def lookup(self, i: int) -> bool:
+        name = random.choice(self.names)
+        params = {"filter": f'userName eq "{name.upper()}"', "startIndex": "1", "count": "100"}
+        async with self.http.get("Users", params=params) as resp:
+            data = await resp.json(content_type=None)
+            return resp.status == 200 and data.get("totalResults") == 1
 
-        out = {"POST /Users": await load(f"{label} POST /Users", args.writes, args.concurrency, post_user)}
-        out["GET /Users?filter"] = await load(f"{label} GET /Users?filter", args.reads, args.concurrency, lookup)
-        groups = []
-        for g in range(args.concurrency):
-            async with http.post("Groups", json={"schemas": [GROUP_URN], "displayName": f"{label}-g{g}",
-                                                 "members": []}) as resp:
-                groups.append((await resp.json(content_type=None))["id"])
-        # One group per worker, as a provider serialises the changes of one group.
-        lanes = {}
+    async def make_groups(self, count: int) -> None:
+        for g in range(count):
+            async with self.http.post("Groups", json={"schemas": [GROUP_URN], "displayName": f"{self.label}-g{g}",
+                                                      "members": []}) as resp:
+                self.groups.put_nowait((await resp.json(content_type=None))["id"])
 
-        async def add_member(i: int) -> bool:
-            task = asyncio.current_task()
-            gid = lanes.setdefault(id(task), groups[len(lanes) % len(groups)])
-            body = {"schemas": [PATCH_URN], "Operations": [{"op": "Add", "path": "members",
-                                                             "value": [{"value": ids[i % len(ids)]}]}]}
-            async with http.patch(f"Groups/{gid}", json=body) as resp:
+    async def add_member(self, i: int) -> bool:
+        # A group is changed by one request at a time, as a provider serialises the changes of one group.
+        gid = await self.groups.get()
+        body = {"schemas": [PATCH_URN], "Operations": [{"op": "Add", "path": "members",
+                                                         "value": [{"value": self.ids[i % len(self.ids)]}]}]}
+        try:
+            async with self.http.patch(f"Groups/{gid}", json=body) as resp:
                 await resp.read()
                 return resp.status in (200, 204)
-
-        out["PATCH /Groups members"] = await load(f"{label} PATCH /Groups", args.writes, args.concurrency,
-                                                  add_member)
-    return out
+        finally:
+            self.groups.put_nowait(gid)
 
 
 # ---- the raw API-server floor ----------------------------------------------------------------------
-async def raw_traffic(api: client.ApiClient, namespace: str, args: argparse.Namespace) -> dict[str, Stats]:
-    custom = client.CustomObjectsApi(api)
+class RawTraffic:
+    def __init__(self, label: str, api: client.ApiClient, namespace: str) -> None:
+        self.label = label
+        self.custom = client.CustomObjectsApi(api)
+        self.namespace = namespace
+        self.shards: list[dict[str, Any]] = []
+        self.free: asyncio.Queue[int] = asyncio.Queue()
 
-    async def create_user(i: int) -> bool:
-        body = {"apiVersion": API_VERSION, "kind": USER.kind, "metadata": {"name": str(uuid.uuid4())},
-                "spec": {"userName": f"raw-{i}@example.com", "active": True}}
-        await custom.create_namespaced_custom_object(API_GROUP, VERSION, namespace, USER.plural, body)
+    async def _create(self, plural: str, body: dict[str, Any]) -> dict[str, Any]:
+        obj: dict[str, Any] = await self.custom.create_namespaced_custom_object(
+            API_GROUP, VERSION, self.namespace, plural, body)
+        return obj
+
+    async def create_user(self, i: int) -> bool:
+        await self._create(USER.plural, {
+            "apiVersion": API_VERSION, "kind": USER.kind, "metadata": {"name": str(uuid.uuid4())},
+            "spec": {"userName": f"{self.label}-{i}@example.com", "active": True}})
         return True
 
-    async def claim_then_create(i: int) -> bool:
-        uid = str(uuid.uuid4())
-        await custom.create_namespaced_custom_object(API_GROUP, VERSION, namespace, CLAIM.plural, {
-            "apiVersion": API_VERSION, "kind": CLAIM.kind, "metadata": {"name": claim_name("User", f"pair-{i}")},
-            "spec": {"resourceKind": "User", "value": f"pair-{i}", "owner": uid}})
-        await custom.create_namespaced_custom_object(API_GROUP, VERSION, namespace, USER.plural, {
+    async def claim_then_create(self, i: int) -> bool:
+        """What a unique create needs under this design: the name claim, then the resource."""
+        uid, value = str(uuid.uuid4()), f"{self.label}-pair-{i}@example.com"
+        await self._create(CLAIM.plural, {
+            "apiVersion": API_VERSION, "kind": CLAIM.kind, "metadata": {"name": claim_name("User", value)},
+            "spec": {"resourceKind": "User", "value": value, "owner": uid}})
+        await self._create(USER.plural, {
             "apiVersion": API_VERSION, "kind": USER.kind, "metadata": {"name": uid},
-            "spec": {"userName": f"pair-{i}@example.com", "active": True}})
+            "spec": {"userName": value, "active": True}})
         return True
 
-    out = {"POST /Users": await load("raw create ScimUser", args.writes, args.concurrency, create_user)}
-    # What a unique create needs under this design: the name claim, then the resource.
-    out["POST /Users (claim + create)"] = await load("raw claim + create", args.writes, args.concurrency,
-                                                     claim_then_create)
-    shards: list[dict[str, Any]] = []
-    for lane in range(args.concurrency):
-        gid = f"raw-group-{lane}"
-        number = shard_of("seed")
-        shards.append(await custom.create_namespaced_custom_object(
-            API_GROUP, VERSION, namespace, SHARD.plural, {
+    async def make_shards(self, count: int) -> None:
+        for lane in range(count):
+            gid = f"{self.label}-group-{lane}"
+            number = shard_of("seed")
+            self.shards.append(await self._create(SHARD.plural, {
                 "apiVersion": API_VERSION, "kind": SHARD.kind,
                 "metadata": {"name": shard_name(gid, number), "labels": {LABEL_GROUP: gid}},
                 "spec": {"group": gid, "shard": number, "users": ["seed"], "groups": []}}))
-    lanes: dict[int, int] = {}
+            self.free.put_nowait(lane)
 
-    async def rewrite_shard(i: int) -> bool:
-        task = asyncio.current_task()
-        lane = lanes.setdefault(id(task), len(lanes) % len(shards))
-        shard = shards[lane]
-        shard["spec"]["users"].append(f"user-{i}")
-        shards[lane] = await custom.replace_namespaced_custom_object(
-            API_GROUP, VERSION, namespace, SHARD.plural, shard["metadata"]["name"], shard)
-        return True
-
-    out["PATCH /Groups members"] = await load("raw replace ScimMemberShard", args.writes, args.concurrency,
-                                              rewrite_shard)
-    return out
+    async def rewrite_shard(self, i: int) -> bool:
+        lane = await self.free.get()
+        try:
+            shard = self.shards[lane]
+            shard["spec"]["users"].append(f"user-{i}")
+            self.shards[lane] = await self.custom.replace_namespaced_custom_object(
+                API_GROUP, VERSION, self.namespace, SHARD.plural, shard["metadata"]["name"], shard)
+            return True
+        finally:
+            self.free.put_nowait(lane)
 
 
 # ---- memory with many resources --------------------------------------------------------------------
@@ -282,10 +308,32 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             procs.append(reference)
 
             print(f"traffic: {args.writes} POST /Users, {args.reads} lookups, {args.writes} member PATCHes, "
-                  f"{args.concurrency} concurrent clients", flush=True)
-            ours = await scim_traffic("endpoint", f"http://127.0.0.1:{port}/scim/v2/", token, args)
-            theirs = await scim_traffic("scim2-server", f"http://127.0.0.1:{ref_port}/", token, args)
-            raw = await raw_traffic(api, raw_namespace, args)
+                  f"{args.concurrency} concurrent clients, {args.rounds} interleaved rounds", flush=True)
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/scim+json"}
+            async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}/scim/v2/", headers=headers,
+                                             connector=aiohttp.TCPConnector(limit=64)) as ours_http, \
+                    aiohttp.ClientSession(base_url=f"http://127.0.0.1:{ref_port}/", headers=headers,
+                                          connector=aiohttp.TCPConnector(limit=64)) as ref_http:
+                ours, theirs = ScimTraffic("endpoint", ours_http), ScimTraffic("scim2-server", ref_http)
+                # The floor: the same writes in the endpoint's namespace, where its watches (as any
+                # controller's would) receive every change; and, for reference, where nobody watches.
+                raw, unwatched = RawTraffic("raw", api, namespace), RawTraffic("unwatched", api, raw_namespace)
+                c, r = args.concurrency, args.rounds
+                posts = await interleaved({"endpoint": ours.post_user, "scim2-server": theirs.post_user,
+                                           "raw": raw.create_user, "unwatched": unwatched.create_user,
+                                           "raw pair": raw.claim_then_create,
+                                           "unwatched pair": unwatched.claim_then_create}, args.writes, c, r)
+                # Reads in one run each: scim2-server's development HTTP server stalls for ~1 s now and
+                # then (its p99), which would dominate short slices and understate its throughput.
+                lookups = await interleaved({"endpoint": ours.lookup, "scim2-server": theirs.lookup},
+                                            args.reads, c, 1)
+                for t in (ours, theirs):
+                    await t.make_groups(c)
+                for rt in (raw, unwatched):
+                    await rt.make_shards(c)
+                patches = await interleaved({"endpoint": ours.add_member, "scim2-server": theirs.add_member,
+                                             "raw": raw.rewrite_shard, "unwatched": unwatched.rewrite_shard},
+                                            args.writes, c, r)
 
             rss_before = rss_mib(endpoint.pid)
             fill_seconds = await fill(api, namespace, args.rss_users, args.rss_groups)
@@ -318,21 +366,37 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     def ratio(a: float, b: float) -> float:
         return round(a / b, 2) if b else float("nan")
 
+    def by_server(name: str) -> dict[str, Any]:
+        out = {"POST /Users": asdict(posts[name])}
+        if name in lookups:
+            out["GET /Users?filter"] = asdict(lookups[name])
+        if f"{name} pair" in posts:
+            out["POST /Users (claim + create)"] = asdict(posts[f"{name} pair"])
+        out["PATCH /Groups members"] = asdict(patches[name])
+        return out
+
+    p50 = {(k, op): by_server(k)[op]["p50_ms"] for k in ("endpoint", "raw", "unwatched", "scim2-server")
+           for op in ("POST /Users", "PATCH /Groups members")}
     result = {
-        "traffic": {"writes": args.writes, "reads": args.reads, "concurrency": args.concurrency},
-        "endpoint": {k: asdict(v) for k, v in ours.items()},
-        "scim2_server": {k: asdict(v) for k, v in theirs.items()},
-        "raw_api_server": {k: asdict(v) for k, v in raw.items()},
+        "traffic": {"writes": args.writes, "reads": args.reads, "concurrency": args.concurrency,
+                    "rounds": args.rounds},
+        "endpoint": by_server("endpoint"),
+        "scim2_server": by_server("scim2-server"),
+        "raw_api_server": by_server("raw"),
+        "raw_api_server_unwatched": by_server("unwatched"),
         "ratios": {
-            "POST /Users p50 endpoint/raw create": ratio(ours["POST /Users"].p50_ms, raw["POST /Users"].p50_ms),
-            "POST /Users p50 endpoint/raw claim+create": ratio(ours["POST /Users"].p50_ms,
-                                                               raw["POST /Users (claim + create)"].p50_ms),
-            "PATCH members p50 endpoint/raw shard rewrite": ratio(ours["PATCH /Groups members"].p50_ms,
-                                                                   raw["PATCH /Groups members"].p50_ms),
-            "lookup req/s endpoint/scim2-server": ratio(ours["GET /Users?filter"].rps,
-                                                        theirs["GET /Users?filter"].rps),
-            "POST /Users p50 endpoint/scim2-server": ratio(ours["POST /Users"].p50_ms,
-                                                           theirs["POST /Users"].p50_ms),
+            "POST /Users p50 endpoint/raw create": ratio(p50["endpoint", "POST /Users"], p50["raw", "POST /Users"]),
+            "POST /Users p50 endpoint/raw claim+create": ratio(p50["endpoint", "POST /Users"],
+                                                               posts["raw pair"].p50_ms),
+            "PATCH members p50 endpoint/raw shard rewrite": ratio(p50["endpoint", "PATCH /Groups members"],
+                                                                   p50["raw", "PATCH /Groups members"]),
+            "POST /Users p50 endpoint/raw create, unwatched namespace": ratio(
+                p50["endpoint", "POST /Users"], p50["unwatched", "POST /Users"]),
+            "PATCH members p50 endpoint/raw shard rewrite, unwatched namespace": ratio(
+                p50["endpoint", "PATCH /Groups members"], p50["unwatched", "PATCH /Groups members"]),
+            "lookup req/s endpoint/scim2-server": ratio(lookups["endpoint"].rps, lookups["scim2-server"].rps),
+            "POST /Users p50 endpoint/scim2-server": ratio(p50["endpoint", "POST /Users"],
+                                                           p50["scim2-server", "POST /Users"]),
         },
         "memory": {"users": args.rss_users, "groups": args.rss_groups, "seconds_to_store": round(fill_seconds, 1),
                    "seconds_to_ready_after_restart": round(ready_seconds, 1),
@@ -375,14 +439,16 @@ async def big_lookups(base: str, token: str, namespace: str, api: client.ApiClie
                 data = await resp.json(content_type=None)
                 return resp.status == 200 and data.get("totalResults") == 1
 
-        return await load("endpoint lookups, 10k stored", args.reads, args.concurrency, lookup)
+        series = Series("endpoint lookups, 10k stored", [])
+        await run_batch(series, range(args.reads), args.concurrency, lookup)
+        return series.stats()
 
 
 def table(result: dict[str, Any]) -> str:
     rows = [("operation", "server", "p50 ms", "p90 ms", "p99 ms", "req/s", "errors")]
     for op in ("POST /Users", "POST /Users (claim + create)", "GET /Users?filter", "PATCH /Groups members"):
         for key, label in (("endpoint", "endpoint"), ("raw_api_server", "raw API server"),
-                           ("scim2_server", "scim2-server")):
+                           ("raw_api_server_unwatched", "raw, unwatched ns"), ("scim2_server", "scim2-server")):
             stats = result[key].get(op)
             if stats:
                 rows.append((op, label, f"{stats['p50_ms']:.1f}", f"{stats['p90_ms']:.1f}", f"{stats['p99_ms']:.1f}",
@@ -407,6 +473,7 @@ def cli() -> int:
     parser.add_argument("--writes", type=int, default=300)
     parser.add_argument("--reads", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved slices per operation")
     parser.add_argument("--rss-users", type=int, default=10_000)
     parser.add_argument("--rss-groups", type=int, default=1_000)
     args = parser.parse_args()

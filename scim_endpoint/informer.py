@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -55,6 +56,9 @@ class Informer:
         self._changed = asyncio.Event()
         self._last_event = 0.0
         self._task: asyncio.Task[None] | None = None
+        # Watch lag of this process's own writes (response received -> event received), in seconds.
+        self._own_writes: dict[int, float] = {}
+        self.lags: deque[float] = deque(maxlen=50)
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -142,6 +146,9 @@ class Informer:
             raise ApiException(status=int(obj.get("code") or 500), reason=str(obj.get("message", "")))
         self._last_event = asyncio.get_running_loop().time()
         rv = rv_of(obj)
+        written = self._own_writes.pop(rv, None)
+        if written is not None:
+            self.lags.append(self._last_event - written)
         if kind == "BOOKMARK":
             self._advance(rv)
             return
@@ -158,6 +165,11 @@ class Informer:
     # ---- local updates from this process's writes -------------------------------------------------
     def apply(self, obj: Obj) -> None:
         """Take an object returned by a write, unless the copy already holds a newer one."""
+        rv = rv_of(obj)
+        if rv > self.rv:
+            if len(self._own_writes) > 1000:
+                self._own_writes.clear()
+            self._own_writes[rv] = asyncio.get_running_loop().time()
         self._put(obj)
 
     def forget(self, name: str) -> None:
@@ -198,9 +210,12 @@ class Informer:
         The watch reaching ``revision`` proves it. A collection nobody wrote to has no event to
         deliver, so its watch never moves: when no event arrived for ``quiet`` seconds after the
         question was asked (the API server delivers a committed change to open watches within
-        milliseconds), the copy is taken as current up to ``revision``."""
+        milliseconds), the copy is taken as current up to ``revision``. ``quiet`` grows to twice the
+        slowest recent delivery of this process's own writes, so a loaded API server gets more time."""
         if self.confirmed >= revision:
             return
+        if self.lags:
+            quiet = min(max(quiet, 2 * max(self.lags)), max_wait)
         loop = asyncio.get_running_loop()
         start = loop.time()
         while self.rv < revision:
