@@ -13,7 +13,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 dev: install
-	$(BIN)/litellm-scim dev
+	$(BIN)/litellm-scim dev $(DEV_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

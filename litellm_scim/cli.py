@@ -109,13 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=8080, help="Port of the SCIM endpoint")
     dev.set_defaults(func=_run_dev)
 
-    token = sub.add_parser("token", help="Create, list or revoke the SCIM bearer tokens the endpoint accepts")
+    token = sub.add_parser(
+        "token", help="Create, list or revoke the SCIM bearer tokens the endpoint accepts",
+        description="Manage the SCIM bearer tokens in the Secret the endpoint reads. `create` prints the new "
+        "token once; `list` shows names and creation times only; `revoke` takes effect on the running endpoint.",
+    )
     token.add_argument("action", choices=["create", "list", "revoke"])
-    token.add_argument("name", nargs="?", help="Token name (create: optional; revoke: required)")
-    token.add_argument("--namespace", default="default")
-    token.add_argument("--token-secret", default="litellm-scim-tokens")
-    token.add_argument("--kubeconfig", default=None)
-    token.add_argument("--base-url", default=None, help="SCIM tenant URL to print with a new token")
+    token.add_argument("name", nargs="?", help="Token name (create: optional, default token-<time>; revoke: required)")
+    token.add_argument("--namespace", default=None,
+                       help="Namespace of the endpoint (env LITELLM_SCIM_NAMESPACE; default default)")
+    token.add_argument("--token-secret", default=None,
+                       help="Secret holding the tokens (env LITELLM_SCIM_TOKEN_SECRET; default litellm-scim-tokens)")
+    token.add_argument("--kubeconfig", default=None, help="Path to a kubeconfig (default $KUBECONFIG, ~/.kube/config)")
+    token.add_argument("--base-url", default=None,
+                       help="SCIM tenant URL printed with a new token, e.g. https://scim.example.com/scim/v2 "
+                       "(env LITELLM_SCIM_BASE_URL)")
     token.set_defaults(func=_run_token)
     return parser
 

@@ -67,6 +67,8 @@ async def _add_chunk(op: Operator, team_id: str, user_ids: list[str]) -> None:
     try:
         await op.litellm.member_add(team_id, user_ids)
     except LiteLLMError as exc:
+        if exc.transient:
+            op.memory.suspect_teams.add(team_id)
         # LiteLLM adds a list in one database transaction with a 5 s limit: a busy proxy answers a
         # large list with a 500 ("Transaction already closed"). Halves still get through, and a list
         # that partly landed is harmless (members already in the team are skipped).
@@ -82,7 +84,58 @@ async def _add_chunk(op: Operator, team_id: str, user_ids: list[str]) -> None:
 
 
 async def remove_members(op: Operator, team_id: str, user_ids: list[str]) -> None:
-    await asyncio.gather(*(op.litellm.member_delete(team_id, uid) for uid in user_ids))
+    try:
+        await asyncio.gather(*(op.litellm.member_delete(team_id, uid) for uid in user_ids))
+    except LiteLLMError as exc:
+        if exc.transient:
+            op.memory.suspect_teams.add(team_id)
+        raise
+
+
+# After a membership call failed with a 5xx or no answer, LiteLLM may still finish it later, or may
+# have lost part of a list (seen under load: members missing although a later call succeeded). Such a
+# team is compared with /team/info once things are quiet, until a comparison finds nothing to fix.
+VERIFY_AFTER = 5.0
+
+
+def verify_soon(op: Operator, view: View, group: str, team_id: str) -> None:
+    if team_id not in op.memory.suspect_teams or group in op.memory.verify_tasks:
+        return
+    task = asyncio.create_task(_verify(op, view, group, team_id))
+    op.memory.verify_tasks[group] = task
+
+
+async def _verify(op: Operator, view: View, group: str, team_id: str) -> None:
+    try:
+        while team_id in op.memory.suspect_teams:
+            await asyncio.sleep(VERIFY_AFTER)
+            async with op.memory.lock("group", group):
+                if op.memory.teams.get(group) != team_id:
+                    return
+                op.memory.suspect_teams.discard(team_id)
+                try:
+                    adds, removes = await compare_members(op, view, group, team_id)
+                except LiteLLMError:
+                    op.memory.suspect_teams.add(team_id)
+                    continue
+                if not (adds or removes):
+                    continue
+                log.warning(
+                    "membership repaired after LiteLLM failures",
+                    extra={"fields": {"team": team_id, "added": len(adds), "removed": len(removes)}},
+                )
+                target = await op.resources.update_status(GROUP, group, _ok(team_id, view, group))
+            if target is not None:
+                gref = ref(GROUP, op.namespace, group, target["metadata"].get("uid"))
+                emit(
+                    gref,
+                    "MembersRepaired",
+                    f"re-applied {len(adds)} addition(s) and {len(removes)} removal(s) "
+                    f"LiteLLM had not kept after failed calls to team {team_id}",
+                    warning=True,
+                )
+    finally:
+        op.memory.verify_tasks.pop(group, None)
 
 
 async def _ensure_team(
@@ -149,6 +202,7 @@ async def apply_group(
     await remove_members(op, team_id, removes)
     for shard, users, _nested in shards:
         op.memory.applied_shards[shard] = frozenset(users)
+    op.memory.in_team[name] = set(desired)
     if adds:
         out.events.append(
             ("MembersAdded", f"added {len(adds)} member(s) to team {team_id}: {_names(adds, desired)}")
@@ -179,6 +233,7 @@ async def compare_members(op: Operator, view: View, group: str, team_id: str) ->
     await remove_members(op, team_id, removes)
     for shard, users, _nested in shards:
         op.memory.applied_shards[shard] = frozenset(users)
+    op.memory.in_team[group] = set(desired)
     op.memory.pending_joins.pop(group, None)
     return adds, removes
 
@@ -188,7 +243,9 @@ def _status_ok(
 ) -> dict[str, Any]:
     gen = obj["metadata"].get("generation")
     _, listed = view.group_member_ids(name)
-    members = len(view.desired_members(name))
+    # What LiteLLM was told and acknowledged, not what is desired: a pending difference must not
+    # look applied.
+    members = len(view.memory.in_team.get(name, ()))
     conds = set_condition(
         st.get("conditions"), "Synced", True, "Synced", f"LiteLLM team {team_id} matches this group", gen
     )
@@ -241,6 +298,8 @@ async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
             metrics.FAILURES.labels("group", failure_reason(exc)).inc()
             await op.resources.update_status(GROUP, name, _failed(failure_reason(exc), str(exc)))
             raise retry_later(exc, retry) from None
+        finally:
+            verify_soon(op, view, name, team_id_for(name, spec, op.settings.team_id_strategy))
         await op.resources.update_status(
             GROUP, name, lambda st, o: _status_ok(st, o, out.team_id, view, name)
         )
@@ -253,6 +312,7 @@ async def delete(op: Operator, body: Any, retry: int) -> None:
     name = body["metadata"]["name"]
     team_id = (body.get("status") or {}).get("litellm", {}).get("teamId")
     op.memory.teams.pop(name, None)
+    op.memory.in_team.pop(name, None)
     if not team_id:
         return
     if op.settings.deletion_policy == "keep":
@@ -330,6 +390,9 @@ async def shard_changed(op: Operator, view: View, event_type: str | None, body: 
                 )
             else:
                 op.memory.applied_shards[shard] = users
+                if not attempt:
+                    op.memory.in_team.setdefault(group, set()).update(adds)
+                    op.memory.in_team[group].difference_update(removes)
                 if adds or removes:
                     _count_groups_later(op, view, sorted(users ^ old))
                     target = await op.resources.update_status(GROUP, group, _ok(team_id, view, group))
@@ -349,7 +412,9 @@ async def shard_changed(op: Operator, view: View, event_type: str | None, body: 
                                 f"removed {len(removes)} member(s) from team {team_id}: "
                                 f"{_names(removes, display)}",
                             )
+                verify_soon(op, view, group, team_id)
                 return
+        verify_soon(op, view, group, team_id)
         await asyncio.sleep(delay)
 
 
@@ -380,13 +445,16 @@ async def _flush_joins(op: Operator, view: View, group: str, team_id: str) -> No
                         batch, _ = await compare_members(op, view, group, team_id)
                     else:
                         await add_members(op, team_id, batch)
+                        op.memory.in_team.setdefault(group, set()).update(batch)
                 except LiteLLMError as exc:
                     op.memory.pending_joins.setdefault(group, set()).update(batch)
                     attempt += 1
                     metrics.FAILURES.labels("membership", failure_reason(exc)).inc()
                     await op.resources.update_status(GROUP, group, _failed(failure_reason(exc), str(exc)))
+                    verify_soon(op, view, group, team_id)
                     continue
                 attempt = 0
+                verify_soon(op, view, group, team_id)
                 target = await op.resources.update_status(GROUP, group, _ok(team_id, view, group))
             if target is not None and batch:
                 gref = ref(GROUP, op.namespace, group, target["metadata"].get("uid"))

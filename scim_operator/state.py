@@ -37,12 +37,17 @@ class Memory:
     deleting_users: set[str] = field(default_factory=set)
     # ScimGroup name -> LiteLLM team_id, set the moment the team is known to exist and be ours.
     teams: dict[str, str] = field(default_factory=dict)
+    # ScimGroup name -> LiteLLM user_ids LiteLLM acknowledged as team members (for status only).
+    in_team: dict[str, set[str]] = field(default_factory=dict)
     # ScimMemberShard name -> the users it listed when its difference was last applied.
     applied_shards: dict[str, frozenset[str]] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     # Users waiting to be added to a group's team in the next batch, and the task that adds them.
     pending_joins: dict[str, set[str]] = field(default_factory=dict)
     join_tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    # Teams whose membership calls failed in a way LiteLLM may have half-applied, and their checkers.
+    suspect_teams: set[str] = field(default_factory=set)
+    verify_tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     # Fire-and-forget bookkeeping tasks, referenced so they are not garbage-collected mid-flight.
     background: set[asyncio.Task[None]] = field(default_factory=set)
 

@@ -66,7 +66,7 @@ async def _ensure_user(op: Operator, name: str, desired: DesiredUser, out: Outco
             return
         except LiteLLMError as exc:
             # A create that landed before a crash or a concurrent retry: verify ownership below.
-            if exc.status != 409 or "email" in exc.message.lower():
+            if exc.status != 409 or "with email" in exc.message.lower():
                 raise
             info = await op.litellm.user_info(desired.user_id)
             if info is None:
@@ -247,6 +247,8 @@ async def delete(op: Operator, body: Any, retry: int) -> None:
             keys = [str(k["token"]) for k in await op.litellm.user_keys(user_id) if k.get("token")]
             await op.litellm.key_delete(keys)
             await op.litellm.user_delete(user_id)
+            for members in op.memory.in_team.values():  # LiteLLM removed the user from its teams
+                members.discard(user_id)
         except LiteLLMError as exc:
             metrics.FAILURES.labels("user", failure_reason(exc)).inc()
             raise retry_later(exc, retry) from None

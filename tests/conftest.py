@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,6 +18,11 @@ import pytest
 from kubernetes_asyncio import client
 
 from litellm_scim import kube, peers
+
+# The operator tests' fixtures (tests/operator/operator_fixtures.py) are a plugin rather than a second
+# conftest.py, so `from conftest import ...` in other test folders keeps meaning this tree's own file.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "operator"))
+pytest_plugins = ["operator_fixtures"]
 
 
 @pytest.fixture(scope="session")

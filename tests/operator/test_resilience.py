@@ -188,3 +188,33 @@ async def test_operator_killed_mid_sync_converges_on_restart_without_duplicates(
         assert keys["keys"] == []
     cond = await kube_rw.condition(c.GROUP, group, "Synced")
     assert cond is not None and cond["status"] == "True"
+
+
+async def test_litellm_process_stopped_and_restarted_mid_test(
+    start_operator: Callable[..., OperatorProcess], kube_rw: Kube, admin: Admin, ids: Callable[[str], str],
+    litellm: peers.LiteLLM,
+) -> None:
+    """The real proxy process goes away and comes back on the same database (CI, where the session
+    started the proxy itself; with LITELLM_URL set the relay test above covers the same path)."""
+    if not litellm.started_here:
+        pytest.skip("the LiteLLM proxy was not started by this session (LITELLM_URL is set)")
+    start_operator(drift_interval="600")
+    first, second, group = ids("ray"), ids("sam"), ids("lab")
+    await kube_rw.create(c.USER, first, {"userName": f"{first}@example.com"})
+    await eventually(lambda: _synced(kube_rw, first), what="first user synced")
+
+    await asyncio.to_thread(litellm.stop)
+    await kube_rw.create(c.USER, second, {"userName": f"{second}@example.com"})
+    await kube_rw.create(c.GROUP, group, {"displayName": "Lab"})
+    await kube_rw.set_members(group, [first, second])
+
+    async def unavailable() -> dict[str, Any] | None:
+        cond = await kube_rw.condition(c.USER, second, "Synced")
+        return cond if cond and cond["reason"] == "LiteLLMUnavailable" else None
+
+    await eventually(unavailable, within=60, what="Synced=False while the proxy is stopped")
+
+    await asyncio.to_thread(litellm.restart)
+    await asyncio.to_thread(peers.wait_http, f"{litellm.url}/health/readiness", 180.0)
+    await eventually(lambda: _synced(kube_rw, second), within=120, what="second user synced after restart")
+    await eventually(lambda: _members(admin, group, [first, second]), within=120, what="members after restart")

@@ -160,3 +160,23 @@ async def test_a_litellm_user_without_our_tag_is_never_modified(
 
 async def _absent(kube_rw: Kube, name: str) -> bool:
     return await kube_rw.get(c.USER, name) is None
+
+
+async def test_litellm_refusal_is_the_condition_message(
+    start_operator: Callable[..., OperatorProcess], kube_rw: Kube, admin: Admin, ids: Callable[[str], str],
+) -> None:
+    start_operator()
+    first, second = ids("dup1"), ids("dup2")
+    shared = f"shared-{first}@example.com"
+    await kube_rw.create(c.USER, first, {"userName": f"{first}@example.com", "emails": [{"value": shared}]})
+    await eventually(lambda: admin.user(first), what="first user")
+    await kube_rw.create(c.USER, second, {"userName": f"{second}@example.com", "emails": [{"value": shared}]})
+
+    async def refused() -> dict[str, Any] | None:
+        cond = await kube_rw.condition(c.USER, second, "Synced")
+        return cond if cond and cond["status"] == "False" else None
+
+    cond = await eventually(refused, what="Synced=False for the duplicate email")
+    assert cond["reason"] == "LiteLLMRejected"
+    assert cond["message"] == f"/user/new: User with email {shared} already exists (HTTP 409)"
+    assert await admin.user(second) is None

@@ -1,4 +1,7 @@
-"""Fixtures of the operator tests: the operator subprocess, resource writers, a LiteLLM admin client."""
+"""Fixtures of the operator tests: the operator subprocess, resource writers, a LiteLLM admin client.
+
+Loaded as a plugin from tests/conftest.py (not a conftest of its own: the endpoint tests import
+their conftest by module name, which a second tests/*/conftest.py would shadow)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,339 @@
+"""The SCIM bearer tokens: their Secret format, reading and writing it, and ``litellm-scim token``.
+
+One Secret (default ``litellm-scim-tokens``) holds every token the endpoint accepts: each ``data``
+entry is one token (key = token name, value = the token) and the annotation
+``tokens.scim.litellm-operator.dev/<name>`` records when it was created (RFC 3339). Several tokens at
+once make rotation possible without downtime. The endpoint parses the Secret with
+:func:`parse_token_secret` and checks a presented token with :func:`match_token`, so both sides agree
+on exactly which tokens are valid."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import os
+import random
+import re
+import secrets
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.config import ConfigException
+
+from litellm_scim import kube
+from litellm_scim.settings import EndpointSettings
+
+# The endpoint reads the same Secret name by default: one place for it, the settings.
+DEFAULT_SECRET = str(EndpointSettings.model_fields["token_secret"].default)
+CREATED_ANNOTATION_PREFIX = "tokens.scim.litellm-operator.dev/"
+PART_OF_LABEL = ("app.kubernetes.io/part-of", "litellm-scim-operator")
+# A recognisable prefix lets secret scanners and people spot a leaked token; 32 random bytes = 256 bits.
+TOKEN_PREFIX = "scim_"  # noqa: S105 - a public prefix, not a credential
+TOKEN_BYTES = 32
+# A token name is both a Secret data key and the name part of an annotation key: the stricter of the two.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9]([-._A-Za-z0-9]{0,61}[A-Za-z0-9])?$")
+REQUEST_TIMEOUT = 15.0
+MAX_ATTEMPTS = 20
+
+
+class TokenError(Exception):
+    """A failure with a one-line message meant for the person at the terminal (never holds a token)."""
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    name: str
+    created: str | None  # RFC 3339, None when the annotation is missing (a hand-written entry)
+
+
+# --- the Secret format (shared with the endpoint) ---------------------------------------------------
+
+
+def _field(secret: Any, name: str) -> Any:
+    if secret is None:
+        return None
+    if isinstance(secret, Mapping):
+        return secret.get(name)
+    return getattr(secret, name, None)
+
+
+def parse_token_secret(secret: Any) -> dict[str, str]:
+    """``{name: token}`` for every usable entry of the token Secret.
+
+    Accepts the Secret as the API returns it: a raw JSON mapping (e.g. from a watch event) or a
+    kubernetes_asyncio ``V1Secret``. Values are base64 as stored; surrounding whitespace is dropped
+    (``kubectl create secret --from-file`` keeps a trailing newline), and empty or undecodable
+    entries are ignored, so an empty value can never authenticate anybody."""
+    data = _field(secret, "data") or {}
+    tokens: dict[str, str] = {}
+    for name, encoded in data.items():
+        if not isinstance(encoded, str):
+            continue
+        try:
+            value = base64.b64decode(encoded, validate=True).decode("utf-8").strip()
+        except (binascii.Error, UnicodeDecodeError):
+            continue
+        if value:
+            tokens[str(name)] = value
+    return tokens
+
+
+def token_infos(secret: Any) -> list[TokenInfo]:
+    """Names and creation times of the tokens in the Secret, oldest first; never the values."""
+    metadata = _field(secret, "metadata")
+    annotations = _field(metadata, "annotations") or {}
+    infos = [TokenInfo(name, annotations.get(CREATED_ANNOTATION_PREFIX + name))
+             for name in parse_token_secret(secret)]
+    return sorted(infos, key=lambda t: (t.created or "", t.name))
+
+
+def match_token(presented: str, tokens: Mapping[str, str]) -> str | None:
+    """The name of the token equal to ``presented``, else None.
+
+    Compares against every token in constant time per token and without stopping at a match, so the
+    response time says nothing about which or how many characters were right."""
+    found: str | None = None
+    given = presented.encode("utf-8")
+    for name, token in tokens.items():
+        if hmac.compare_digest(given, token.encode("utf-8")) and found is None:
+            found = name
+    return found if presented else None
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def check_name(name: str) -> None:
+    if not NAME_PATTERN.match(name):
+        raise TokenError(
+            f"invalid token name {name!r}: use 1-63 letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit"
+        )
+
+
+def _free_default_name(taken: Mapping[str, Any], prefix: str) -> str:
+    base = f"{prefix}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+# --- reading and writing the Secret --------------------------------------------------------------
+
+
+def _b64(value: str) -> str:
+    return base64.b64encode(value.encode("utf-8")).decode("ascii")
+
+
+def _status_message(exc: ApiException) -> str:
+    """The API server's own explanation (a Status object), without the response headers."""
+    try:
+        body = json.loads(exc.body) if exc.body else {}
+        message = body.get("message") if isinstance(body, dict) else None
+    except (TypeError, ValueError):
+        message = None
+    return str(message or exc.reason or f"HTTP {exc.status}")
+
+
+def _api_error(exc: ApiException, action: str, namespace: str, secret_name: str) -> TokenError:
+    where = f"Secret {namespace}/{secret_name}"
+    if exc.status == 401:
+        return TokenError(f"cannot {action} {where}: the cluster rejected the credentials (401 Unauthorized)")
+    if exc.status == 403:
+        return TokenError(f"cannot {action} {where}: forbidden by the cluster's access rules: "
+                          f"{_status_message(exc)}")
+    return TokenError(f"cannot {action} {where}: {_status_message(exc)}")
+
+
+async def _read(core: client.CoreV1Api, namespace: str, secret_name: str) -> client.V1Secret | None:
+    try:
+        return await core.read_namespaced_secret(secret_name, namespace, _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise _api_error(exc, "read", namespace, secret_name) from None
+
+
+async def _backoff(attempt: int) -> None:
+    # Jitter keeps a crowd of concurrent writers from colliding again on the next attempt.
+    await asyncio.sleep(random.uniform(0, 0.05 * min(attempt, 10)))  # noqa: S311
+
+
+async def create_token(api: client.ApiClient, namespace: str, secret_name: str = DEFAULT_SECRET,
+                       name: str | None = None, *, name_prefix: str = "token") -> tuple[str, str]:
+    """Add a new random token to the Secret (creating the Secret if needed); returns (name, token).
+
+    Writes use the Secret's resourceVersion, so concurrent creates and revokes never lose each other's
+    entries: a conflict re-reads and tries again."""
+    if name is not None:
+        check_name(name)
+    core = client.CoreV1Api(api)
+    token = new_token()
+    for attempt in range(MAX_ATTEMPTS):
+        secret = await _read(core, namespace, secret_name)
+        created = now_rfc3339()
+        if secret is None:
+            chosen = name or _free_default_name({}, name_prefix)
+            body = {
+                "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": secret_name, "namespace": namespace,
+                             "labels": dict([PART_OF_LABEL]),
+                             "annotations": {CREATED_ANNOTATION_PREFIX + chosen: created}},
+                "data": {chosen: _b64(token)},
+            }
+            try:
+                await core.create_namespaced_secret(namespace, body, _request_timeout=REQUEST_TIMEOUT)  # type: ignore[arg-type]
+                return chosen, token
+            except ApiException as exc:
+                if exc.status == 409:  # somebody else created it just now: add to theirs
+                    await _backoff(attempt)
+                    continue
+                if exc.status == 404:
+                    raise TokenError(f"namespace {namespace!r} does not exist") from None
+                raise _api_error(exc, "create", namespace, secret_name) from None
+        data = dict(secret.data or {})
+        if name is not None and name in data:
+            raise TokenError(f"a token named {name!r} already exists in Secret {namespace}/{secret_name}; "
+                             "choose another name or revoke it first")
+        chosen = name or _free_default_name(data, name_prefix)
+        data[chosen] = _b64(token)
+        body = api.sanitize_for_serialization(secret)
+        metadata = body.setdefault("metadata", {})
+        metadata.setdefault("labels", {})[PART_OF_LABEL[0]] = PART_OF_LABEL[1]
+        metadata.setdefault("annotations", {})[CREATED_ANNOTATION_PREFIX + chosen] = created
+        body["data"] = data
+        try:
+            await core.replace_namespaced_secret(secret_name, namespace, body, _request_timeout=REQUEST_TIMEOUT)
+            return chosen, token
+        except ApiException as exc:
+            if exc.status == 409:  # the Secret changed since we read it
+                await _backoff(attempt)
+                continue
+            raise _api_error(exc, "update", namespace, secret_name) from None
+    raise TokenError(f"Secret {namespace}/{secret_name} kept changing; gave up after {MAX_ATTEMPTS} attempts")
+
+
+async def list_tokens(api: client.ApiClient, namespace: str,
+                      secret_name: str = DEFAULT_SECRET) -> list[TokenInfo]:
+    secret = await _read(client.CoreV1Api(api), namespace, secret_name)
+    return [] if secret is None else token_infos(secret)
+
+
+async def read_tokens(api: client.ApiClient, namespace: str, secret_name: str = DEFAULT_SECRET) -> dict[str, str]:
+    """``{name: token}`` as the endpoint would accept them (for tools that need a token back)."""
+    return parse_token_secret(await _read(client.CoreV1Api(api), namespace, secret_name))
+
+
+async def revoke_token(api: client.ApiClient, namespace: str, secret_name: str, name: str) -> None:
+    """Remove one token; the endpoint stops accepting it as soon as it sees the change."""
+    core = client.CoreV1Api(api)
+    for attempt in range(MAX_ATTEMPTS):
+        secret = await _read(core, namespace, secret_name)
+        if secret is None:
+            raise TokenError(f"no token named {name!r}: Secret {namespace}/{secret_name} does not exist")
+        data = dict(secret.data or {})
+        if name not in data:
+            known = ", ".join(sorted(data)) or "none"
+            raise TokenError(f"no token named {name!r} in Secret {namespace}/{secret_name} (tokens: {known})")
+        del data[name]
+        body = api.sanitize_for_serialization(secret)
+        body["data"] = data
+        (body.get("metadata", {}).get("annotations") or {}).pop(CREATED_ANNOTATION_PREFIX + name, None)
+        try:
+            await core.replace_namespaced_secret(secret_name, namespace, body, _request_timeout=REQUEST_TIMEOUT)
+            return
+        except ApiException as exc:
+            if exc.status == 409:
+                await _backoff(attempt)
+                continue
+            raise _api_error(exc, "update", namespace, secret_name) from None
+    raise TokenError(f"Secret {namespace}/{secret_name} kept changing; gave up after {MAX_ATTEMPTS} attempts")
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+def tenant_url(base_url: str | None) -> str | None:
+    """The SCIM tenant URL an IdP needs: the base URL, with ``/scim/v2`` added when only a host is given."""
+    if not base_url:
+        return None
+    url = base_url.rstrip("/")
+    path = url.split("://", 1)[-1].partition("/")[2]
+    return url if path else f"{url}/scim/v2"
+
+
+async def _connected(ns: argparse.Namespace) -> int:
+    api = await kube.api_client(ns.kubeconfig)
+    async with api:
+        if ns.action == "create":
+            name, token = await create_token(api, ns.namespace, ns.token_secret, ns.name)
+            url = tenant_url(ns.base_url)
+            print(f"Created SCIM token {name!r} in Secret {ns.namespace}/{ns.token_secret}.")
+            if url:
+                print(f"SCIM tenant URL: {url}")
+            else:
+                print("SCIM tenant URL: https://<your SCIM endpoint host>/scim/v2 "
+                      "(pass --base-url or set LITELLM_SCIM_BASE_URL to print it here)")
+            print(f"Secret token:    {token}")
+            print("The token is shown only this once: paste it into your identity provider now.")
+        elif ns.action == "list":
+            infos = await list_tokens(api, ns.namespace, ns.token_secret)
+            if not infos:
+                print(f"No tokens in Secret {ns.namespace}/{ns.token_secret}.")
+            else:
+                width = max(4, *(len(i.name) for i in infos))
+                print(f"{'NAME':<{width}}  CREATED")
+                for info in infos:
+                    print(f"{info.name:<{width}}  {info.created or 'unknown'}")
+        else:
+            await revoke_token(api, ns.namespace, ns.token_secret, ns.name)
+            print(f"Revoked SCIM token {ns.name!r} (Secret {ns.namespace}/{ns.token_secret}).")
+    return 0
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"litellm-scim token: error: {message}", file=sys.stderr)
+    return code
+
+
+def run(ns: argparse.Namespace) -> int:
+    """``litellm-scim token create|list|revoke``; every failure is one line on stderr and exit code 1."""
+    ns.namespace = ns.namespace or os.environ.get("LITELLM_SCIM_NAMESPACE", "default")
+    ns.token_secret = ns.token_secret or os.environ.get("LITELLM_SCIM_TOKEN_SECRET", DEFAULT_SECRET)
+    ns.base_url = ns.base_url or os.environ.get("LITELLM_SCIM_BASE_URL")
+    if ns.action == "revoke" and not ns.name:
+        return _fail("revoke needs the NAME of the token (see `litellm-scim token list`)", 2)
+    if ns.action == "list" and ns.name:
+        return _fail("list takes no NAME", 2)
+    if ns.kubeconfig and not os.path.isfile(ns.kubeconfig):
+        return _fail(f"kubeconfig not found: {ns.kubeconfig}")
+    try:
+        return asyncio.run(_connected(ns))
+    except TokenError as exc:
+        return _fail(str(exc))
+    except ConfigException as exc:
+        return _fail(f"no usable kubeconfig ({exc}); pass --kubeconfig or set KUBECONFIG")
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        detail = str(exc) or type(exc).__name__
+        return _fail(f"cannot reach the Kubernetes API server: {detail}")
+    except ApiException as exc:
+        return _fail(f"Kubernetes API error: {_status_message(exc)}")
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
