@@ -135,9 +135,85 @@ class ScimUserStatus(_Model):
     conditions: list[Condition] | None = None
 
 
+class GroupKeys(_Model):
+    issued: int | None = None
+    namespaces: list[str] | None = None
+
+
 class ScimGroupStatus(_Model):
     observedGeneration: int | None = None
     lastSyncTime: str | None = None
     members: int | None = None
+    policy: str | None = None
+    keys: GroupKeys | None = None
     litellm: LiteLLMTeamRef | None = None
+    conditions: list[Condition] | None = None
+
+
+# ---- ScimTeamPolicy ---------------------------------------------------------------------------
+_DURATION = r"^[0-9]+(s|m|h|d|mo)$"
+_GO_DURATION = r"^([0-9]+(\.[0-9]+)?(s|m|h))+$"
+
+
+class LabelRequirement(_Model):
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] | None = None
+
+
+class LabelSelector(_Model):
+    matchLabels: dict[str, str] | None = None
+    matchExpressions: list[LabelRequirement] | None = None
+
+
+class PolicySelector(_Model):
+    displayNamePattern: str | None = Field(None, min_length=1, max_length=1024)
+    externalIds: list[str] | None = None
+    labelSelector: LabelSelector | None = None
+
+
+class TeamSettings(_Model):
+    models: list[str] | None = None
+    maxBudget: float | None = Field(None, ge=0)
+    budgetDuration: str | None = Field(None, pattern=_DURATION)
+    tpmLimit: int | None = Field(None, ge=0)
+    rpmLimit: int | None = Field(None, ge=0)
+    maxBudgetPerMember: float | None = Field(None, ge=0)
+    metadata: dict[str, str] | None = None
+
+
+class KeyRotation(_Model):
+    every: str | None = Field(None, pattern=_GO_DURATION)
+    overlap: str | None = Field(None, pattern=_GO_DURATION)
+
+
+class KeySpec(_Model):
+    enabled: bool = False
+    models: list[str] | None = None
+    maxBudget: float | None = Field(None, ge=0)
+    duration: str | None = Field(None, pattern=_DURATION)
+    secretNamespaces: list[str] | None = None
+    rotation: KeyRotation | None = None
+
+
+class PolicyKeys(_Model):
+    perMember: KeySpec | None = None
+    perTeam: KeySpec | None = None
+
+
+class ScimTeamPolicySpec(_Model):
+    selector: PolicySelector | None = None
+    default: bool = False
+    priority: int = 0
+    team: TeamSettings | None = None
+    teamIdStrategy: Literal["name", "externalId"] | None = None
+    deletionPolicy: Literal["delete", "keep"] | None = None
+    driftPolicy: Literal["correct", "report"] | None = None
+    keys: PolicyKeys | None = None
+
+
+class ScimTeamPolicyStatus(_Model):
+    observedGeneration: int | None = None
+    selectedGroups: int | None = None
+    syncedGroups: int | None = None
     conditions: list[Condition] | None = None

@@ -24,6 +24,7 @@ USER = ResourceKind("ScimUser", "scimusers")
 GROUP = ResourceKind("ScimGroup", "scimgroups")
 SHARD = ResourceKind("ScimMemberShard", "scimmembershards")
 CLAIM = ResourceKind("ScimNameClaim", "scimnameclaims")
+POLICY = ResourceKind("ScimTeamPolicy", "scimteampolicies")
 
 # Label on every ScimMemberShard: the name of the ScimGroup it belongs to.
 LABEL_GROUP = f"{API_GROUP}/group"

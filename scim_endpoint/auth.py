@@ -1,18 +1,16 @@
 """Bearer tokens: the values of one Secret, watched so added and revoked tokens apply at once.
 
-Every ``data`` entry of the Secret is one accepted token (its key names the token). A request's
-token is compared with each accepted one in constant time; tokens never reach a log line."""
+The Secret's format is defined once, in ``litellm_scim.tokens`` (the ``token`` command writes it);
+tokens are compared in constant time and never reach a log line."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import logging
 from functools import partial
 
 from kubernetes_asyncio import client
 
+from litellm_scim.tokens import match_token, parse_token_secret
 from scim_endpoint.informer import Informer, Obj
 
 log = logging.getLogger(__name__)
@@ -26,20 +24,11 @@ class Tokens:
             "secret", partial(core.list_namespaced_secret, namespace), field_selector=f"metadata.name={secret}"
         )
         self.informer.listeners.append(self._changed)
-        self._tokens: list[bytes] = []
+        self._tokens: dict[str, str] = {}
 
     def _changed(self, name: str, old: Obj | None, new: Obj | None) -> None:
-        tokens = []
-        for key, value in ((new or {}).get("data") or {}).items():
-            try:
-                token = base64.b64decode(value, validate=True)
-            except (binascii.Error, ValueError):
-                log.warning("token %s in Secret %s is not valid base64; ignored", key, self.secret)
-                continue
-            if token.strip():
-                tokens.append(token.strip())
-        self._tokens = tokens
-        log.info("accepted SCIM tokens: %d (Secret %s)", len(tokens), self.secret)
+        self._tokens = parse_token_secret(new)
+        log.info("accepted SCIM tokens: %d (Secret %s)", len(self._tokens), self.secret)
 
     @property
     def ready(self) -> bool:
@@ -57,9 +46,4 @@ class Tokens:
         scheme, _, presented = authorization.partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
             return False
-        given = presented.strip().encode()
-        ok = False
-        for token in self._tokens:
-            # No early exit: the time taken does not tell which token (or whether any) matched.
-            ok |= hmac.compare_digest(given, token)
-        return ok
+        return match_token(presented.strip(), self._tokens) is not None

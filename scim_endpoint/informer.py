@@ -40,6 +40,10 @@ def rv_of(obj: Obj) -> int:
         return 0
 
 
+def terminating(obj: Obj) -> bool:
+    return bool(obj.get("metadata", {}).get("deletionTimestamp"))
+
+
 class Informer:
     def __init__(self, kind: str, list_fn: ListFn, **selector: str) -> None:
         self.kind = kind
@@ -111,7 +115,8 @@ class Informer:
             if not list_rv:
                 list_rv = int(body["metadata"]["resourceVersion"])
             for item in body.get("items") or []:
-                items[item["metadata"]["name"]] = item
+                if not terminating(item):
+                    items[item["metadata"]["name"]] = item
             cont = body["metadata"].get("continue")
             if not cont:
                 break
@@ -186,6 +191,14 @@ class Informer:
             return
         old = self.objects.get(name)
         if old is not None and rv_of(old) >= rv:
+            return
+        if terminating(obj):
+            # Deleted, waiting for a finalizer (the operator removes LiteLLM access first): to SCIM
+            # clients the resource is gone already.
+            self._tombstones[name] = rv
+            if old is not None:
+                del self.objects[name]
+                self._notify(name, old, None)
             return
         self._tombstones.pop(name, None)
         self.objects[name] = obj

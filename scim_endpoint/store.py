@@ -51,7 +51,7 @@ from scim_contract import (
     shard_of,
 )
 from scim_endpoint.errors import ScimError, conflict
-from scim_endpoint.informer import Informer, Obj, rv_of
+from scim_endpoint.informer import Informer, Obj, rv_of, terminating
 
 log = logging.getLogger(__name__)
 
@@ -625,7 +625,8 @@ class Store:
     async def _get(self, plural: str, name: str) -> Obj | None:
         try:
             obj: Obj = await self.api.get_namespaced_custom_object(API_GROUP, VERSION, self.namespace, plural, name)
-            return obj
+            # An object waiting on a finalizer is deleted as far as SCIM is concerned.
+            return None if terminating(obj) else obj
         except ApiException as exc:
             if exc.status == 404:
                 return None

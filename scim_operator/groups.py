@@ -17,7 +17,7 @@ import kopf
 from pydantic import ValidationError
 
 from scim_contract import GROUP, USER, ScimGroupSpec
-from scim_operator import metrics
+from scim_operator import keys, metrics, policies
 from scim_operator.context import NotOwned, Operator, failure_reason, retry_later
 from scim_operator.litellm_api import LiteLLMError
 from scim_operator.objects import (
@@ -30,6 +30,7 @@ from scim_operator.objects import (
     team_members,
     user_id_for,
 )
+from scim_operator.policies import Policy
 from scim_operator.resources import emit, ref
 from scim_operator.state import View
 
@@ -44,6 +45,7 @@ class Outcome:
     team_id: str
     members: int
     events: list[tuple[str, str]] = field(default_factory=list)
+    policy: Policy | None = None
 
 
 def _spec(body: Any) -> ScimGroupSpec:
@@ -144,14 +146,18 @@ async def _ensure_team(
     """The team's current /team/info, or None when it was just created (so it has no members).
     ``known``: the status says the team was created before; a new group goes straight to create."""
     s = op.settings
+    team = out.policy.spec.team if out.policy is not None else None
     info = await op.litellm.team_info(team_id) if known else None
     if info is None:
         try:
             await op.litellm.team_new(
                 {
+                    **policies.team_fields(team),
                     "team_id": team_id,
                     "team_alias": spec.displayName,
-                    "metadata": merged_metadata({}, s.owner_tag, op.namespace, name),
+                    "metadata": merged_metadata(
+                        policies.team_metadata({}, team), s.owner_tag, op.namespace, name
+                    ),
                 }
             )
             out.events.append(("Created", f"created LiteLLM team {team_id}"))
@@ -168,19 +174,24 @@ async def _ensure_team(
             f"LiteLLM team {team_id} exists without this resource's ownership tag "
             f"({s.owner_tag}={op.namespace}/{name}); not modified (enable --adopt to take it over)"
         )
-    if info.get("team_alias") != spec.displayName or owner != "owned":
+    settings_differ = policies.team_differences(team, info)
+    if info.get("team_alias") != spec.displayName or owner != "owned" or settings_differ:
         await op.litellm.team_update(
             {
+                **policies.team_fields(team),
                 "team_id": team_id,
                 "team_alias": spec.displayName,
-                "metadata": merged_metadata(info.get("metadata"), s.owner_tag, op.namespace, name),
+                "metadata": merged_metadata(
+                    policies.team_metadata(info.get("metadata"), team), s.owner_tag, op.namespace, name
+                ),
             }
         )
-        what = (
-            f"alias {info.get('team_alias')!r} -> {spec.displayName!r}"
-            if info.get("team_alias") != spec.displayName
-            else "ownership tag added (adopted)"
-        )
+        changes = list(settings_differ)
+        if info.get("team_alias") != spec.displayName:
+            changes.insert(0, f"alias {info.get('team_alias')!r} -> {spec.displayName!r}")
+        what = "; ".join(changes) if changes else "ownership tag added (adopted)"
+        if settings_differ and out.policy is not None:
+            what += f" (policy {out.policy.name})"
         out.events.append(("Updated", f"updated LiteLLM team {team_id}: {what}"))
     return info
 
@@ -188,8 +199,10 @@ async def _ensure_team(
 async def apply_group(
     op: Operator, view: View, name: str, spec: ScimGroupSpec, known: bool = True
 ) -> Outcome:
-    team_id = team_id_for(name, spec, op.settings.team_id_strategy)
-    out = Outcome(team_id=team_id, members=0)
+    policy = policies.effective_for(view.policies, view.groups, name, spec.displayName, spec.externalId)
+    strategy = (policy.spec.teamIdStrategy if policy else None) or op.settings.team_id_strategy
+    team_id = team_id_for(name, spec, strategy)
+    out = Outcome(team_id=team_id, members=0, policy=policy)
     info = await _ensure_team(op, name, spec, team_id, out, known)
     # Mark the team usable, then read the desired members with no await in between: a shard change
     # either sees the team (and applies its own difference) or happened before this read.
@@ -215,6 +228,8 @@ async def apply_group(
             )
         )
     out.members = len(desired)
+    out.events += await keys.sync_group(op, view, name, team_id, policy)
+    op.memory.group_policies[name] = policies.version(policy)
     return out
 
 
@@ -260,7 +275,9 @@ def _status_ok(
         "lastSyncTime": now(),
         "members": listed,
         "litellm": {"teamId": team_id, "members": members},
-        "conditions": conds,
+        "policy": view.memory.group_policies.get(name, ("", 0))[0],
+        "keys": keys.status_of(view.memory, name),
+        "conditions": keys.keys_condition(view.memory, name, conds, gen),
     }
 
 
@@ -308,14 +325,25 @@ async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
             emit(body, reason, message)
 
 
-async def delete(op: Operator, body: Any, retry: int) -> None:
+async def delete(op: Operator, view: View, body: Any, retry: int) -> None:
     name = body["metadata"]["name"]
     team_id = (body.get("status") or {}).get("litellm", {}).get("teamId")
     op.memory.teams.pop(name, None)
     op.memory.in_team.pop(name, None)
+    spec = dict(body.get("spec") or {})
+    policy = policies.effective_for(
+        view.policies, view.groups, name, str(spec.get("displayName") or ""), spec.get("externalId")
+    )
+    try:
+        # The group is gone: so are the keys it gave out, whatever happens to the team.
+        await keys.revoke_group(op, name, body)
+    except LiteLLMError as exc:
+        raise retry_later(exc, retry) from None
+    op.memory.group_policies.pop(name, None)
+    op.memory.key_failures.pop(name, None)
     if not team_id:
         return
-    if op.settings.deletion_policy == "keep":
+    if ((policy.spec.deletionPolicy if policy else None) or op.settings.deletion_policy) == "keep":
         emit(body, "TeamKept", f"group deleted; LiteLLM team {team_id} kept (deletion policy 'keep')")
         return
     async with op.memory.lock("group", name):
@@ -393,7 +421,8 @@ async def shard_changed(op: Operator, view: View, event_type: str | None, body: 
                 if not attempt:
                     op.memory.in_team.setdefault(group, set()).update(adds)
                     op.memory.in_team[group].difference_update(removes)
-                if adds or removes:
+                key_events = await _member_keys(op, view, group, team_id, users ^ old)
+                if adds or removes or key_events:
                     _count_groups_later(op, view, sorted(users ^ old))
                     target = await op.resources.update_status(GROUP, group, _ok(team_id, view, group))
                     metrics.RECONCILES.labels("membership", "ok").inc()
@@ -412,10 +441,33 @@ async def shard_changed(op: Operator, view: View, event_type: str | None, body: 
                                 f"removed {len(removes)} member(s) from team {team_id}: "
                                 f"{_names(removes, display)}",
                             )
+                        for reason, message in key_events:
+                            emit(gref, reason, message)
                 verify_soon(op, view, group, team_id)
                 return
         verify_soon(op, view, group, team_id)
         await asyncio.sleep(delay)
+
+
+async def _member_keys(
+    op: Operator, view: View, group: str, team_id: str, changed: frozenset[str]
+) -> list[tuple[str, str]]:
+    """Personal keys follow membership: issued on join, revoked on leave. A failure here is
+    logged and left to the group's next reconcile or drift check (the membership itself is done)."""
+    if not changed:
+        return []
+    fresh = await op.resources.get(GROUP, group)
+    if fresh is None:
+        return []
+    spec = dict(fresh.get("spec") or {})
+    policy = policies.effective_for(
+        view.policies, view.groups, group, str(spec.get("displayName") or ""), spec.get("externalId")
+    )
+    try:
+        return await keys.sync_group(op, view, group, team_id, policy, only=set(changed))
+    except (LiteLLMError, keys.KeyDeliveryError) as exc:
+        log.warning("member keys not updated yet", extra={"fields": {"group": group, "error": str(exc)}})
+        return [("KeysFailed", f"member keys not updated yet: {exc}")]
 
 
 # Users that become usable while their groups' teams already exist join in batches: a burst of
@@ -497,6 +549,8 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
         spec = _spec(body)
     except kopf.PermanentError:
         return
+    policy = policies.effective_for(view.policies, view.groups, name, spec.displayName, spec.externalId)
+    drift_policy = (policy.spec.driftPolicy if policy else None) or op.settings.drift_policy
     async with op.memory.lock("group", name):
         try:
             findings: list[str] = []
@@ -508,6 +562,9 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
                     findings.append(
                         f"team alias is {info.get('team_alias')!r}, expected {spec.displayName!r}"
                     )
+                if policies.version(policy) != op.memory.group_policies.get(name):
+                    findings.append(f"policy in effect is now {policies.version(policy)[0] or 'none'}")
+                findings += policies.team_differences(policy.spec.team if policy else None, info)
                 desired = view.desired_members(name)
                 current = team_members(info)
                 missing, extra = membership_differences(desired, current)
@@ -516,10 +573,11 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
                 hidden = len(missing) + len(extra) - min(20, len(missing)) - min(20, len(extra))
                 if hidden:
                     findings.append(f"and {hidden} more membership difference(s)")
+                findings += await keys.drift_of(op, name, policy, repair=drift_policy == "correct")
             out = None
             if findings:
                 metrics.DRIFT_FOUND.labels("team").inc(len(findings))
-                if op.settings.drift_policy == "correct":
+                if drift_policy == "correct":
                     out = await apply_group(op, view, name, spec)
                     metrics.DRIFT_CORRECTED.labels("team").inc(len(findings))
         except NotOwned:

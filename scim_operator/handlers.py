@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from litellm_scim import kube
 from scim_contract import API_GROUP, GROUP, SHARD, USER, VERSION, ScimUserSpec
-from scim_operator import groups, users
+from scim_operator import groups, policy_handlers, users
 from scim_operator.context import Operator
 from scim_operator.state import UserEntry, View
 
@@ -55,6 +55,8 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
             users=kw["user_index"],
             shards=kw["shard_index"],
             member_groups=kw["member_index"],
+            policies=kw["policy_index"],
+            groups=kw["group_index"],
         )
 
     # ---- indexes: the desired memberships, kept by Kopf from the watch streams -------------------
@@ -67,7 +69,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         except ValidationError:
             email = None
         synced = bool((status.get("litellm") or {}).get("userId"))
-        return {name: UserEntry(synced=synced, email=email)}
+        return {name: UserEntry(synced=synced, email=email, active=spec.get("active", True) is not False)}
 
     @kopf.index(API_GROUP, VERSION, SHARD.plural, id="shard_index", registry=registry)
     def shard_index(name: str, spec: Any, **_: Any) -> dict[str, tuple[str, tuple[str, ...], int]]:
@@ -87,10 +89,12 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
     @kopf.on.update(API_GROUP, VERSION, USER.plural, id="user-update", field="spec", registry=registry)
     async def user_changed(body: kopf.Body, retry: int, **kw: Any) -> None:
         await users.reconcile(op, view(kw), body, retry)
+        await policy_handlers.user_keys(op, view(kw), body["metadata"]["name"])
 
     @kopf.on.delete(API_GROUP, VERSION, USER.plural, id="user-delete", registry=registry)
-    async def user_deleted(body: kopf.Body, retry: int, **_: Any) -> None:
+    async def user_deleted(body: kopf.Body, retry: int, **kw: Any) -> None:
         await users.delete(op, body, retry)
+        await policy_handlers.user_keys(op, view(kw), body["metadata"]["name"])
 
     @kopf.daemon(
         API_GROUP, VERSION, USER.plural, id="user-drift", cancellation_timeout=5.0, registry=registry
@@ -110,8 +114,8 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         await groups.reconcile(op, view(kw), body, retry)
 
     @kopf.on.delete(API_GROUP, VERSION, GROUP.plural, id="group-delete", registry=registry)
-    async def group_deleted(body: kopf.Body, retry: int, **_: Any) -> None:
-        await groups.delete(op, body, retry)
+    async def group_deleted(body: kopf.Body, retry: int, **kw: Any) -> None:
+        await groups.delete(op, view(kw), body, retry)
 
     @kopf.daemon(
         API_GROUP, VERSION, GROUP.plural, id="group-drift", cancellation_timeout=5.0, registry=registry
@@ -128,4 +132,6 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
     async def shard_event(event: kopf.RawEvent, body: kopf.Body, **kw: Any) -> None:
         await groups.shard_changed(op, view(kw), event.get("type"), body)
 
+    # ---- ScimTeamPolicy, group labels, key rotation ------------------------------------------
+    policy_handlers.register(registry, op, view)
     return registry

@@ -35,6 +35,7 @@ def emit(body: Any, reason: str, message: str, *, warning: bool = False) -> None
 class Resources:
     def __init__(self, api: client.ApiClient, namespace: str) -> None:
         self._objects = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)  # key Secrets
         self.namespace = namespace
 
     async def get(self, kind: ResourceKind, name: str) -> dict[str, Any] | None:

@@ -27,6 +27,7 @@ class UserEntry:
 
     synced: bool
     email: str | None
+    active: bool = True
 
 
 @dataclass
@@ -42,6 +43,14 @@ class Memory:
     # ScimMemberShard name -> the users it listed when its difference was last applied.
     applied_shards: dict[str, frozenset[str]] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # ScimGroup name -> (policy name, generation) its team was last reconciled with ("", 0): none.
+    group_policies: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # ScimGroup name -> (namespace, name) of the key Secrets delivered for it.
+    group_keys: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    # ScimGroup name -> why some of its keys could not be delivered at the last sync.
+    key_failures: dict[str, str] = field(default_factory=dict)
+    # ScimGroup name -> key Secrets whose key drifted in LiteLLM and gets replaced at the next sync.
+    key_repairs: dict[str, set[str]] = field(default_factory=dict)
     # Users waiting to be added to a group's team in the next batch, and the task that adds them.
     pending_joins: dict[str, set[str]] = field(default_factory=dict)
     join_tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
@@ -69,6 +78,9 @@ class View:
     users: Index
     shards: Index
     member_groups: Index
+    # ScimTeamPolicy name -> Policy; ScimGroup name -> GroupEntry (see ``policies``).
+    policies: Index = field(default_factory=dict)
+    groups: Index = field(default_factory=dict)
 
     def _entry(self, name: str) -> UserEntry | None:
         store = self.users.get(name)
@@ -81,6 +93,10 @@ class View:
             return True
         entry = self._entry(name)
         return entry is not None and entry.synced
+
+    def user_active(self, name: str) -> bool:
+        entry = self._entry(name)
+        return entry is not None and entry.active and self.user_ready(name)
 
     def user_exists(self, name: str) -> bool:
         return self.users.get(name) is not None

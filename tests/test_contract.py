@@ -47,6 +47,8 @@ def _fields(model: type[BaseModel], schema: dict[str, Any], path: str) -> list[s
         ("ScimGroup", "status", c.ScimGroupStatus),
         ("ScimMemberShard", "spec", c.ScimMemberShardSpec),
         ("ScimNameClaim", "spec", c.ScimNameClaimSpec),
+        ("ScimTeamPolicy", "spec", c.ScimTeamPolicySpec),
+        ("ScimTeamPolicy", "status", c.ScimTeamPolicyStatus),
     ],
 )
 def test_models_match_crd_schema(kind: str, part: str, model: type[BaseModel]) -> None:

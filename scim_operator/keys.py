@@ -1,0 +1,467 @@
+"""Virtual keys of a group, as its ScimTeamPolicy asks: issue, deliver as Secrets, rotate, revoke.
+
+Level-based like the rest of the operator: ``sync_group`` compares the keys the policy wants (one per
+active member and/or one for the team, per target namespace) with the key Secrets that exist, and
+fixes the difference. The key plaintext goes from LiteLLM's /key/generate answer straight into the
+Secret body and nowhere else: errors carry HTTP statuses and names, never request bodies.
+
+Order of operations is chosen so a crash at any point leaves nothing usable behind: a key whose
+Secret could not be written is deleted again; a key is deleted in LiteLLM before its Secret (which
+holds its hash) is removed; a rotated key's pending deletion is written into the Secret together with
+the new key, so a restarted operator still deletes it when the overlap ends."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from scim_contract import GROUP, KeySpec
+from scim_operator import key_secrets as ks
+from scim_operator.context import Operator
+from scim_operator.litellm_api import LiteLLMError
+from scim_operator.objects import owner_value, set_condition, user_id_for
+from scim_operator.policies import Policy, seconds
+from scim_operator.state import Memory, View
+
+log = logging.getLogger(__name__)
+
+
+class KeyDeliveryError(Exception):
+    """A key could not be delivered (Secret not writable, alias held by someone else)."""
+
+
+Events = list[tuple[str, str]]
+
+
+def _specs(policy: Policy | None) -> tuple[KeySpec | None, KeySpec | None]:
+    keys = policy.spec.keys if policy is not None else None
+    member = keys.perMember if keys is not None and keys.perMember and keys.perMember.enabled else None
+    team = keys.perTeam if keys is not None and keys.perTeam and keys.perTeam.enabled else None
+    return member, team
+
+
+def _namespaces(op: Operator, spec: KeySpec) -> list[str]:
+    return sorted(set(spec.secretNamespaces or [op.namespace]))
+
+
+def desired_keys(
+    op: Operator, view: View, group: str, policy: Policy | None, only: set[str] | None
+) -> dict[ks.KeyRef, KeySpec]:
+    """Every key the policy wants for the group (restricted to the users in ``only`` when given)."""
+    member, team = _specs(policy)
+    wanted: dict[ks.KeyRef, KeySpec] = {}
+    if member is not None:
+        users, _ = view.group_member_ids(group)
+        for user in sorted(users if only is None else users & only):
+            if view.user_active(user):
+                for ns in _namespaces(op, member):
+                    wanted[ks.KeyRef(op.namespace, group, user, ns)] = member
+    if team is not None and only is None:
+        for ns in _namespaces(op, team):
+            wanted[ks.KeyRef(op.namespace, group, None, ns)] = team
+    return wanted
+
+
+def status_of(memory: Memory, group: str) -> dict[str, Any]:
+    delivered = memory.group_keys.get(group) or set()
+    return {"issued": len(delivered), "namespaces": sorted({ns for ns, _ in delivered})}
+
+
+def keys_condition(
+    memory: Memory, group: str, conditions: list[dict[str, Any]] | None, generation: int | None
+) -> list[dict[str, Any]]:
+    """``KeysDelivered`` on groups that have or had keys: False with the reason while a key cannot
+    be delivered (the Events name each Secret)."""
+    failure = memory.key_failures.get(group)
+    if failure is not None:
+        return set_condition(conditions, "KeysDelivered", False, "KeyDeliveryFailed", failure, generation)
+    if memory.group_keys.get(group) or any(c.get("type") == "KeysDelivered" for c in conditions or []):
+        issued = len(memory.group_keys.get(group) or ())
+        return set_condition(
+            conditions, "KeysDelivered", True, "Delivered", f"{issued} key Secret(s) delivered", generation
+        )
+    return list(conditions or [])
+
+
+def wants_keys(policy: Policy | None) -> bool:
+    member, team = _specs(policy)
+    return member is not None or team is not None
+
+
+def wants_member_keys(policy: Policy | None) -> bool:
+    return _specs(policy)[0] is not None
+
+
+# ---- Secrets -------------------------------------------------------------------------------------
+def _failed(what: str, exc: ApiException) -> KeyDeliveryError:
+    # Only status and reason: the API server's error body may quote the request.
+    return KeyDeliveryError(f"{what}: HTTP {exc.status} {exc.reason or ''}".strip())
+
+
+async def list_delivered(
+    op: Operator, namespaces: Iterable[str], group: str, user: str | None = None
+) -> list[ks.Delivered]:
+    """The group's key Secrets (only ``user``'s when given: one user's change lists a few Secrets,
+    not the whole group's)."""
+    found: list[ks.Delivered] = []
+    selector = ks.group_selector(op.namespace, group)
+    if user is not None:
+        selector += f",{ks.LABEL_USER}={ks.label_value(user)}"
+    for ns in sorted(set(namespaces)):
+        try:
+            listing = await op.resources.core.list_namespaced_secret(ns, label_selector=selector)
+        except ApiException as exc:
+            if exc.status == 404:
+                continue
+            raise _failed(f"cannot list key Secrets in namespace {ns}", exc) from None
+        for item in listing.items:
+            delivered = ks.read(item.to_dict())
+            if delivered is not None and delivered.ref.group == group:
+                found.append(delivered)
+    return found
+
+
+async def _write(op: Operator, secret: dict[str, Any]) -> None:
+    body: Any = secret  # the client sends a dict as it is
+    ns, name = secret["metadata"]["namespace"], secret["metadata"]["name"]
+    try:
+        try:
+            await op.resources.core.create_namespaced_secret(ns, body)
+            return
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        found = await op.resources.core.read_namespaced_secret(name, ns)
+        current, mine = ks.read(found.to_dict()), ks.read(secret)
+        if current is None or mine is None or current.ref != mine.ref:
+            # Someone else's Secret with our name: never overwrite it.
+            raise KeyDeliveryError(f"Secret {ns}/{name} exists and is not managed by this operator")
+        # Conditional on the version read: a concurrent writer makes this fail (409) instead of losing a key.
+        body = {**secret, "metadata": {**secret["metadata"], "resourceVersion": found.metadata.resource_version}}
+        await op.resources.core.replace_namespaced_secret(name, ns, body)
+    except ApiException as exc:
+        raise _failed(f"cannot write Secret {ns}/{name}", exc) from None
+
+
+async def _remove(op: Operator, ns: str, name: str) -> None:
+    try:
+        await op.resources.core.delete_namespaced_secret(name, ns)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise _failed(f"cannot delete Secret {ns}/{name}", exc) from None
+
+
+async def _set_retiring(op: Operator, d: ks.Delivered, items: list[ks.Retiring]) -> None:
+    patch = {"metadata": {"annotations": {ks.ANN_RETIRING: ks.retiring_value(items)}}}
+    try:
+        await op.resources.core.patch_namespaced_secret(d.name, d.ref.namespace, patch)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise _failed(f"cannot update Secret {d.ref.namespace}/{d.name}", exc) from None
+
+
+# ---- LiteLLM keys -------------------------------------------------------------------------------
+async def keys_with_alias(op: Operator, alias: str) -> list[dict[str, Any]]:
+    data = await op.litellm.call(
+        "GET", "/key/list", params={"key_alias": alias, "return_full_object": "true", "size": "100"}
+    )
+    keys = data.get("keys", []) if isinstance(data, dict) else []
+    return [k for k in keys if isinstance(k, dict) and k.get("key_alias") == alias]
+
+
+def _tag(op: Operator, ref: ks.KeyRef) -> str:
+    return owner_value(ref.source_namespace, ref.group)
+
+
+async def _clear_alias(op: Operator, ref: ks.KeyRef, keep: str | None) -> None:
+    """Keys holding our alias that no Secret names (a crash between generate and write left them):
+    nobody has their plaintext, so they are deleted. A key with the alias and no tag of ours is
+    never touched."""
+    alias = ks.key_alias(ref)
+    stale = []
+    for key in await keys_with_alias(op, alias):
+        if key.get("token") == keep:
+            continue
+        meta = key.get("metadata")
+        if not isinstance(meta, dict) or meta.get(op.settings.owner_tag) != _tag(op, ref):
+            raise KeyDeliveryError(f"LiteLLM key alias {alias} is held by a key this operator does not manage")
+        stale.append(str(key["token"]))
+    await op.litellm.key_delete(stale)
+
+
+async def _generate(op: Operator, ref: ks.KeyRef, spec: KeySpec, team_id: str) -> tuple[str, str]:
+    body: dict[str, Any] = {
+        "key_alias": ks.key_alias(ref),
+        "team_id": team_id,
+        "metadata": {op.settings.owner_tag: _tag(op, ref), ks.ANN_GROUP: f"{ref.source_namespace}/{ref.group}"},
+    }
+    if ref.user:
+        body["user_id"] = user_id_for(ref.user)
+    if spec.models is not None:
+        body["models"] = spec.models
+    if spec.maxBudget is not None:
+        body["max_budget"] = spec.maxBudget
+    if spec.duration is not None:
+        body["duration"] = spec.duration
+    data = await op.litellm.call("POST", "/key/generate", body=body)
+    plaintext = data.get("key") if isinstance(data, dict) else None
+    key_hash = data.get("token") if isinstance(data, dict) else None
+    if not plaintext or not key_hash:
+        raise LiteLLMError(200, "answer without key", endpoint="/key/generate")
+    return str(plaintext), str(key_hash)
+
+
+def _owner(op: Operator, ref: ks.KeyRef, group_obj: dict[str, Any]) -> dict[str, str] | None:
+    if ref.namespace != op.namespace:
+        return None  # owner references cannot cross namespaces; revoke_group removes these
+    return {
+        "apiVersion": GROUP.api_version,
+        "kind": GROUP.kind,
+        "name": group_obj["metadata"]["name"],
+        "uid": group_obj["metadata"]["uid"],
+    }
+
+
+async def _deliver(
+    op: Operator,
+    ref: ks.KeyRef,
+    spec: KeySpec,
+    team_id: str,
+    group_obj: dict[str, Any],
+    request: str,
+    retiring: list[ks.Retiring],
+) -> str:
+    """Generate a key and write it into its Secret; the key is deleted again if the write fails."""
+    plaintext, key_hash = await _generate(op, ref, spec, team_id)
+    body = ks.secret_body(
+        ref,
+        plaintext=plaintext,
+        base_url=op.litellm.url,
+        key_hash=key_hash,
+        issued_at=time.time(),
+        rotation_request=request,
+        retiring_keys=retiring,
+        owner=_owner(op, ref, group_obj),
+    )
+    try:
+        await _write(op, body)
+    except KeyDeliveryError:
+        await op.litellm.key_delete([key_hash])
+        raise
+    return key_hash
+
+
+async def _issue(
+    op: Operator, ref: ks.KeyRef, spec: KeySpec, team_id: str, group_obj: dict[str, Any], request: str,
+    previous: ks.Delivered | None,
+) -> None:
+    if previous is not None and previous.key_hash:
+        await op.litellm.key_delete([previous.key_hash])  # replaced (missing or changed in LiteLLM)
+    await _clear_alias(op, ref, keep=None)
+    await _deliver(op, ref, spec, team_id, group_obj, request, previous.retiring if previous else [])
+
+
+async def _rotate(
+    op: Operator, d: ks.Delivered, spec: KeySpec, team_id: str, group_obj: dict[str, Any], request: str
+) -> float:
+    """Replace the key in its Secret; the old one stays valid for the overlap. Returns the deadline."""
+    assert d.key_hash is not None
+    overlap = seconds(spec.rotation.overlap if spec.rotation else None) or 0.0
+    alias = ks.key_alias(d.ref)
+    # Free the alias (LiteLLM refuses duplicates); the old key keeps working under a retiring alias.
+    try:
+        await op.litellm.call(
+            "POST", "/key/update", body={"key": d.key_hash, "key_alias": f"{alias}:retiring:{d.key_hash[:12]}"}
+        )
+    except LiteLLMError as exc:
+        if exc.status not in (400, 404):
+            raise
+        # The old key is gone already: nothing to overlap with, just issue a new one.
+        await _issue(op, d.ref, spec, team_id, group_obj, request, d)
+        return time.time()
+    deadline = time.time() + overlap
+    retiring = [*d.retiring, ks.Retiring(d.key_hash, deadline)]
+    try:
+        await _deliver(op, d.ref, spec, team_id, group_obj, request, retiring)
+    except (KeyDeliveryError, LiteLLMError):
+        await op.litellm.call("POST", "/key/update", body={"key": d.key_hash, "key_alias": alias})
+        raise
+    return deadline
+
+
+async def _revoke(op: Operator, d: ks.Delivered) -> None:
+    """Delete the key (and any retiring ones) in LiteLLM first, then the Secret that names them."""
+    await op.litellm.key_delete([h for h in [d.key_hash, *(r.key_hash for r in d.retiring)] if h])
+    await _remove(op, d.ref.namespace, d.name)
+
+
+def _rotation_due(d: ks.Delivered, spec: KeySpec, request: str, now: float) -> bool:
+    if request and request != d.rotation_request:
+        return True
+    every = seconds(spec.rotation.every if spec.rotation else None)
+    return every is not None and now >= d.issued_at + every
+
+
+def _describe(ref: ks.KeyRef) -> str:
+    who = f"member {ref.user}" if ref.user else "team"
+    return f"{who} key in Secret {ref.namespace}/{ks.secret_name(ref)}"
+
+
+# ---- the group's keys ---------------------------------------------------------------------------
+async def sync_group(
+    op: Operator,
+    view: View,
+    group: str,
+    team_id: str,
+    policy: Policy | None,
+    only: set[str] | None = None,
+) -> Events:
+    """Make the group's key Secrets match its policy; ``only``: just these members' keys.
+
+    Must run under the group's lock. Returns the Events to post on the group."""
+    obj = await op.resources.get(GROUP, group)
+    if obj is None:
+        return []
+    request = str((obj["metadata"].get("annotations") or {}).get(ks.ANNOTATION_ROTATE) or "")
+    recorded = ((obj.get("status") or {}).get("keys") or {}).get("namespaces") or []
+    wanted = desired_keys(op, view, group, policy, only)
+    if not wanted and not recorded and not op.memory.group_keys.get(group):
+        return []  # no keys wanted, none given out: no Secret listing for groups without key policies
+    delivered = op.memory.group_keys.setdefault(group, set())
+    namespaces = {op.namespace, *recorded, *(ns for ns, _ in delivered), *(r.namespace for r in wanted)}
+    single = next(iter(only)) if only is not None and len(only) == 1 else None
+    existing = await list_delivered(op, namespaces, group, single)
+    if only is not None:
+        existing = [d for d in existing if d.ref.user in only]
+    else:
+        delivered.clear()
+    repair = op.memory.key_repairs.pop(group, set())
+    failures: list[str] = []
+    events: Events = []
+    by_ref = {d.ref: d for d in existing}
+    now = time.time()
+    for gone in existing:
+        if gone.ref not in wanted:
+            await _revoke(op, gone)
+            delivered.discard((gone.ref.namespace, gone.name))
+            events.append(("KeyRevoked", f"revoked {_describe(gone.ref)}: deleted in LiteLLM, Secret removed"))
+    for ref, spec in sorted(wanted.items(), key=lambda item: (item[0].namespace, item[0].user or "")):
+        d = by_ref.get(ref)
+        try:
+            if d is None or d.key_hash is None or d.name in repair:
+                await _issue(op, ref, spec, team_id, obj, request, d)
+                events.append(("KeyIssued" if d is None else "KeyReplaced", f"issued {_describe(ref)}"))
+            elif _rotation_due(d, spec, request, now):
+                deadline = await _rotate(op, d, spec, team_id, obj, request)
+                _delete_later(op, group, deadline)
+                events.append(("KeyRotated", f"rotated {_describe(ref)}; previous key valid for "
+                                             f"{max(0.0, deadline - now):.0f}s more"))
+        except KeyDeliveryError as exc:
+            log.warning("key not delivered", extra={"fields": {"group": group, "error": str(exc)}})
+            events.append(("KeyDeliveryFailed", f"{_describe(ref)} not delivered: {exc}"))
+            failures.append(str(exc))
+            continue
+        delivered.add((ref.namespace, ks.secret_name(ref)))
+    if failures:
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        op.memory.key_failures[group] = failures[0] + more
+    elif only is None:
+        # Only a full sync knows that every key of the group is delivered.
+        op.memory.key_failures.pop(group, None)
+    return events
+
+
+async def sweep(op: Operator, group: str, namespaces: Iterable[str]) -> float | None:
+    """Delete retired keys whose overlap ended; returns the next deadline (epoch) or None."""
+    following: float | None = None
+    now = time.time()
+    for d in await list_delivered(op, namespaces, group):
+        due = [r for r in d.retiring if r.delete_at <= now]
+        if due:
+            await op.litellm.key_delete([r.key_hash for r in due])
+            await _set_retiring(op, d, [r for r in d.retiring if r.delete_at > now])
+        for r in d.retiring:
+            if r.delete_at > now:
+                following = r.delete_at if following is None else min(following, r.delete_at)
+    return following
+
+
+def next_rotation(existing: Iterable[ks.Delivered], policy: Policy | None) -> float | None:
+    """Epoch at which the first of these keys is due for scheduled rotation, or None."""
+    member, team = _specs(policy)
+    spec_of = {ks.MEMBER: member, ks.TEAM: team}
+    due = []
+    for d in existing:
+        spec = spec_of.get(d.ref.kind)
+        every = seconds(spec.rotation.every if spec is not None and spec.rotation else None)
+        if every is not None:
+            due.append(d.issued_at + every)
+    return min(due, default=None)
+
+
+def _delete_later(op: Operator, group: str, deadline: float) -> None:
+    """Delete the retired key right when its overlap ends (the daemon is the restart-safe backstop)."""
+
+    async def later() -> None:
+        await asyncio.sleep(max(0.0, deadline - time.time()) + 0.2)
+        async with op.memory.lock("group", group):
+            try:
+                await sweep(op, group, {ns for ns, _ in op.memory.group_keys.get(group) or ()} | {op.namespace})
+            except (LiteLLMError, KeyDeliveryError) as exc:
+                log.warning("retired key not deleted yet", extra={"fields": {"group": group, "error": str(exc)}})
+
+    task = asyncio.create_task(later())
+    op.memory.background.add(task)
+    task.add_done_callback(op.memory.background.discard)
+
+
+async def revoke_group(op: Operator, group: str, body: Any) -> None:
+    """The group is gone: every key it gave out is deleted, with its Secret."""
+    recorded = ((body.get("status") or {}).get("keys") or {}).get("namespaces") or []
+    namespaces = {op.namespace, *recorded, *(ns for ns, _ in op.memory.group_keys.get(group) or ())}
+    try:
+        for d in await list_delivered(op, namespaces, group):
+            await _revoke(op, d)
+    except KeyDeliveryError as exc:
+        raise LiteLLMError(0, str(exc), endpoint="secrets") from None
+    op.memory.group_keys.pop(group, None)
+
+
+async def drift_of(op: Operator, group: str, policy: Policy | None, *, repair: bool) -> list[str]:
+    """Keys deleted or changed in LiteLLM behind the operator's back. With ``repair`` they are marked
+    so the next sync of the group writes a new key into their Secret."""
+    member, team = _specs(policy)
+    spec_of = {k: s for k, s in ((ks.MEMBER, member), (ks.TEAM, team)) if s is not None}
+    namespaces = {op.namespace, *(ns for ns, _ in op.memory.group_keys.get(group) or ())}
+    findings: list[str] = []
+    broken: set[str] = set()
+    try:
+        existing = await list_delivered(op, namespaces, group)
+    except KeyDeliveryError as exc:
+        return [str(exc)]
+    for d in existing:
+        spec = spec_of.get(d.ref.kind)
+        if spec is None or d.key_hash is None or d.alias is None:
+            continue
+        found = [k for k in await keys_with_alias(op, d.alias) if k.get("token") == d.key_hash]
+        if not found:
+            findings.append(f"{_describe(d.ref)} was deleted or renamed in LiteLLM")
+            broken.add(d.name)
+            continue
+        key = found[0]
+        if spec.models is not None and sorted(key.get("models") or []) != sorted(spec.models):
+            findings.append(f"{_describe(d.ref)}: models are {key.get('models')!r}, policy says {spec.models!r}")
+            broken.add(d.name)
+        if spec.maxBudget is not None and key.get("max_budget") != spec.maxBudget:
+            findings.append(
+                f"{_describe(d.ref)}: max_budget is {key.get('max_budget')!r}, policy says {spec.maxBudget!r}"
+            )
+            broken.add(d.name)
+    if broken and repair:
+        op.memory.key_repairs.setdefault(group, set()).update(broken)
+    return findings

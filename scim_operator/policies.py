@@ -1,0 +1,219 @@
+"""Pure rules of ScimTeamPolicy: which policy a group gets, and what it asks of the LiteLLM team.
+
+Selection: every criterion a selector sets must match (AND); a selector that sets none selects
+nothing (a policy meant for every group says ``default: true`` instead). ``displayNamePattern`` is
+a shell-style glob over the whole displayName, case-insensitive like SCIM displayNames.
+
+Precedence: among the policies whose selector matches, the highest ``priority`` wins; on equal
+priority, the name that sorts first wins (stable and visible in ``kubectl get stp``). Only when no
+selector matches do the ``default: true`` policies compete, by the same rule."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from scim_contract import LabelSelector, ScimTeamPolicySpec, TeamSettings
+
+
+@dataclass(frozen=True)
+class GroupFacts:
+    """What a selector may look at: the group's displayName, externalId and labels."""
+
+    name: str
+    display_name: str
+    external_id: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    generation: int
+    spec: ScimTeamPolicySpec
+
+    @property
+    def version(self) -> tuple[str, int]:
+        """Identifies what a group was reconciled with: changes when the policy or its edit changes."""
+        return (self.name, self.generation)
+
+
+def parse_policy(name: str, generation: int, spec: Mapping[str, Any]) -> Policy | None:
+    """None for a spec the CRD schema let through but the model rejects (reported on the policy)."""
+    try:
+        return Policy(name, generation, ScimTeamPolicySpec.model_validate(dict(spec)))
+    except ValidationError:
+        return None
+
+
+def _labels_match(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
+    for key, value in (selector.matchLabels or {}).items():
+        if labels.get(key) != value:
+            return False
+    for req in selector.matchExpressions or []:
+        present = req.key in labels
+        values = set(req.values or [])
+        if req.operator == "In" and not (present and labels[req.key] in values):
+            return False
+        if req.operator == "NotIn" and present and labels[req.key] in values:
+            return False
+        if req.operator == "Exists" and not present:
+            return False
+        if req.operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def selects(spec: ScimTeamPolicySpec, group: GroupFacts) -> bool:
+    """Whether the policy's selector (not its ``default`` flag) selects the group."""
+    sel = spec.selector
+    if sel is None:
+        return False
+    criteria = 0
+    if sel.displayNamePattern is not None:
+        criteria += 1
+        pattern = fnmatch.translate(sel.displayNamePattern.casefold())
+        if not re.fullmatch(pattern, group.display_name.casefold(), flags=re.DOTALL):
+            return False
+    if sel.externalIds is not None:
+        criteria += 1
+        if group.external_id is None or group.external_id not in sel.externalIds:
+            return False
+    if sel.labelSelector is not None:
+        criteria += 1
+        if not _labels_match(sel.labelSelector, group.labels):
+            return False
+    return criteria > 0
+
+
+def _winner(candidates: Iterable[Policy]) -> Policy | None:
+    return min(candidates, key=lambda p: (-p.spec.priority, p.name), default=None)
+
+
+def effective(policies: Iterable[Policy], group: GroupFacts) -> Policy | None:
+    """The one policy in effect for ``group`` (see the module docstring for the rule)."""
+    every = list(policies)
+    chosen = _winner(p for p in every if selects(p.spec, group))
+    return chosen if chosen is not None else _winner(p for p in every if p.spec.default)
+
+
+# ---- the LiteLLM team a policy asks for ------------------------------------------------------
+# Policy field -> LiteLLM /team/new and /team/update field.
+_TEAM_FIELDS = {
+    "models": "models",
+    "maxBudget": "max_budget",
+    "budgetDuration": "budget_duration",
+    "tpmLimit": "tpm_limit",
+    "rpmLimit": "rpm_limit",
+    "maxBudgetPerMember": "team_member_budget",
+}
+
+
+def team_fields(team: TeamSettings | None) -> dict[str, Any]:
+    """The LiteLLM team fields a policy sets; unset fields are left to LiteLLM (not cleared)."""
+    if team is None:
+        return {}
+    return {
+        litellm: getattr(team, ours) for ours, litellm in _TEAM_FIELDS.items() if getattr(team, ours) is not None
+    }
+
+
+def _current(info: Mapping[str, Any], litellm_field: str) -> Any:
+    if litellm_field == "team_member_budget":
+        # LiteLLM keeps the member budget in a budget row, shown as team_member_budget_table.
+        table = info.get("team_member_budget_table")
+        return table.get("max_budget") if isinstance(table, dict) else None
+    return info.get(litellm_field)
+
+
+def _same(want: Any, have: Any) -> bool:
+    if isinstance(want, list):
+        return sorted(want) == sorted(have or [])
+    if isinstance(want, float | int) and isinstance(have, float | int):
+        return float(want) == float(have)
+    return bool(want == have)
+
+
+def team_differences(team: TeamSettings | None, info: Mapping[str, Any]) -> list[str]:
+    """What a person should read about a LiteLLM team whose settings differ from its policy."""
+    found = []
+    for litellm_field, want in team_fields(team).items():
+        have = _current(info, litellm_field)
+        if not _same(want, have):
+            found.append(f"{litellm_field} is {have!r}, policy says {want!r}")
+    raw = info.get("metadata")
+    metadata: Mapping[str, Any] = raw if isinstance(raw, dict) else {}
+    for key, want in ((team.metadata if team else None) or {}).items():
+        if metadata.get(key) != want:
+            found.append(f"metadata {key} is {metadata.get(key)!r}, policy says {want!r}")
+    return found
+
+
+def team_metadata(current: Any, team: TeamSettings | None) -> dict[str, Any]:
+    """LiteLLM replaces metadata on update: keep every key it has, set the policy's."""
+    base = dict(current) if isinstance(current, dict) else {}
+    base.update((team.metadata if team else None) or {})
+    return base
+
+
+_GO_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|m|s)")
+
+
+def seconds(duration: str | None) -> float | None:
+    """``"720h"``, ``"1h30m"``, ``"3s"`` -> seconds; None when unset."""
+    if not duration:
+        return None
+    unit = {"h": 3600.0, "m": 60.0, "s": 1.0}
+    parts = _GO_PART.findall(duration)
+    if not parts or "".join(n + u for n, u in parts) != duration:
+        raise ValueError(f"not a duration: {duration!r}")
+    return sum(float(n) * unit[u] for n, u in parts)
+
+
+# ---- the policy of a group, as the operator's indexes see it ---------------------------------
+@dataclass(frozen=True)
+class GroupEntry:
+    """One ScimGroup in the group index: what selectors look at, and what its status reports."""
+
+    facts: GroupFacts
+    policy: str
+    synced: bool
+
+
+def group_entry(name: str, spec: Mapping[str, Any], labels: Mapping[str, Any], status: Mapping[str, Any]) -> GroupEntry:
+    facts = GroupFacts(
+        name=name,
+        display_name=str(spec.get("displayName") or ""),
+        external_id=spec.get("externalId") or None,
+        labels={str(k): str(v) for k, v in labels.items()},
+    )
+    synced = any(
+        c.get("type") == "Synced" and c.get("status") == "True" for c in status.get("conditions") or []
+    )
+    return GroupEntry(facts=facts, policy=str(status.get("policy") or ""), synced=synced)
+
+
+def indexed(index: Mapping[Any, Any]) -> list[Any]:
+    """Every value of a Kopf index (key -> store of values)."""
+    return [value for store in index.values() for value in store]
+
+
+def effective_for(
+    policy_index: Mapping[Any, Any], group_index: Mapping[Any, Any], name: str, display_name: str,
+    external_id: str | None,
+) -> Policy | None:
+    """The policy in effect for a group; labels come from the group index (spec fields are fresher
+    from the handler's own body)."""
+    entry = next(iter(group_index.get(name) or ()), None)
+    labels = entry.facts.labels if isinstance(entry, GroupEntry) else {}
+    facts = GroupFacts(name=name, display_name=display_name, external_id=external_id, labels=labels)
+    return effective(indexed(policy_index), facts)
+
+
+def version(policy: Policy | None) -> tuple[str, int]:
+    return policy.version if policy is not None else ("", 0)

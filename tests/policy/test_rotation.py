@@ -1,0 +1,92 @@
+"""Key rotation with an overlap, on demand and on schedule, surviving an operator restart."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from operator_helpers import Admin, Kube, OperatorProcess, eventually
+from policy_helpers import put_policy, secret_data
+
+import scim_contract as c
+from scim_operator.key_secrets import ANNOTATION_ROTATE
+
+pytestmark = [pytest.mark.litellm, pytest.mark.slow]
+
+
+async def _rotate(kube: Kube, group: str, value: str) -> None:
+    await kube.objects.patch_namespaced_custom_object(
+        c.API_GROUP, c.VERSION, kube.ns, c.GROUP.plural, group,
+        {"metadata": {"annotations": {ANNOTATION_ROTATE: value}}}, _content_type="application/merge-patch+json")
+
+
+def _key_other_than(kube: Kube, name: str, old: str) -> Callable[[], object]:
+    async def probe() -> str | None:
+        data = await secret_data(kube, name)
+        return data["api-key"] if data and data["api-key"] != old else None
+
+    return probe
+
+
+def _answers(admin: Admin, key: str, status: int) -> Callable[[], object]:
+    async def probe() -> bool:
+        return await admin.models_status(key) == status
+
+    return probe
+
+
+async def test_on_demand_rotation_keeps_both_keys_during_the_overlap(
+    start_operator: Callable[..., OperatorProcess], kube_rw: Kube, admin: Admin, ids: Callable[[str], str],
+    namespace: str,
+) -> None:
+    start_operator(drift_interval="600")
+    group = ids("svc")
+    await put_policy(kube_rw, "services", {
+        "selector": {"displayNamePattern": "service*"},
+        "keys": {"perTeam": {"enabled": True, "rotation": {"overlap": "4s"}}},
+    })
+    await kube_rw.create(c.GROUP, group, {"displayName": f"Service {namespace}"})
+    secret_name = f"litellm-team-key-{group}"
+    old = (await eventually(lambda: secret_data(kube_rw, secret_name), what="team key"))["api-key"]
+    assert await admin.models_status(old) == 200
+
+    await _rotate(kube_rw, group, "2026-01-01T00:00:00Z")
+    new = await eventually(_key_other_than(kube_rw, secret_name, old), within=15, what="rotated key in the Secret")
+    # Overlap: both work.
+    assert await admin.models_status(new) == 200
+    assert await admin.models_status(old) == 200
+    # After it, only the new one.
+    await eventually(_answers(admin, old, 401), within=15, what="old key deleted after the overlap")
+    assert await admin.models_status(new) == 200
+    events = [m for _, r, m in await kube_rw.events(group) if r == "KeyRotated"]
+    assert events and all(old not in m and new not in m for m in events)
+
+    # The same annotation value again does not rotate; a new value does.
+    await _rotate(kube_rw, group, "2026-01-01T00:00:00Z")
+    await _rotate(kube_rw, group, "2026-01-02T00:00:00Z")
+    newer = await eventually(_key_other_than(kube_rw, secret_name, new), within=15, what="second rotation")
+    assert await admin.models_status(newer) == 200
+
+
+async def test_scheduled_rotation_and_pending_deletion_survive_a_restart(
+    start_operator: Callable[..., OperatorProcess], kube_rw: Kube, admin: Admin, ids: Callable[[str], str],
+    namespace: str,
+) -> None:
+    operator = start_operator(drift_interval="600")
+    group = ids("sched")
+    await put_policy(kube_rw, "scheduled", {
+        "selector": {"displayNamePattern": "scheduled*"},
+        "keys": {"perTeam": {"enabled": True, "rotation": {"every": "3s", "overlap": "6s"}}},
+    })
+    await kube_rw.create(c.GROUP, group, {"displayName": f"Scheduled {namespace}"})
+    secret_name = f"litellm-team-key-{group}"
+    first = (await eventually(lambda: secret_data(kube_rw, secret_name), what="team key"))["api-key"]
+    second = await eventually(_key_other_than(kube_rw, secret_name, first), within=15, what="scheduled rotation")
+    # The operator dies during the overlap: the pending deletion is in the Secret, not in memory.
+    operator.kill()
+    assert await admin.models_status(first) == 200
+    start_operator(drift_interval="600")
+    await eventually(_answers(admin, first, 401), within=20, what="retired key deleted by the new operator")
+    assert await admin.models_status(second) in (200, 401)  # may itself be rotated and retired by now
+    latest = (await secret_data(kube_rw, secret_name) or {})["api-key"]
+    assert await admin.models_status(latest) == 200
