@@ -107,6 +107,11 @@ def test_operator_reads_resources_writes_status_events_and_key_secrets_only_wher
         assert allows(rules, GROUP, f"{kind}/status", "patch")
         assert not allows(rules, GROUP, kind, "create"), "the spec is the endpoint's"
         assert not allows(rules, GROUP, kind, "delete")
+    for verb in ["get", "list", "watch", "patch"]:
+        assert allows(rules, GROUP, "scimteampolicies", verb)
+    assert allows(rules, GROUP, "scimteampolicies/status", "patch")
+    assert not allows(rules, GROUP, "scimteampolicies", "create")
+    assert not allows(rules, GROUP, "scimteampolicies", "delete")
     for verb in ["get", "list", "watch"]:
         assert allows(rules, GROUP, "scimmembershards", verb)
     for verb in WRITE_VERBS:
@@ -123,8 +128,9 @@ def test_operator_reads_resources_writes_status_events_and_key_secrets_only_wher
     roles_ns = {r["metadata"]["namespace"] for r in manifests.of_kind("Role")} - {ns}
     assert listed == roles_ns
     for key_ns in listed:
-        for verb in ["get", "list", "watch", "create", "update", "patch", "delete"]:
+        for verb in ["get", "list", "create", "update", "patch", "delete"]:
             assert allows(granted[key_ns], "", "secrets", verb, name="any-key-secret")
+        assert not allows(granted[key_ns], "", "secrets", "watch"), "the operator never watches Secrets"
         assert not allows(granted[key_ns], GROUP, "scimusers", "get")
         assert not allows(granted[key_ns], "", "configmaps", "get")
 
