@@ -4,15 +4,17 @@ the Kubernetes store. HTTP stays in ``app.py``; this module knows nothing of req
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from scim_endpoint import convert, filters, patch
 from scim_endpoint.errors import ScimError, not_found
 from scim_endpoint.informer import Obj, rv_of
 from scim_endpoint.schema import LIST_URN
 from scim_endpoint.store import GroupRecord, Stale, Store, UserRecord, sorted_by_creation
+
+R = TypeVar("R", UserRecord, GroupRecord)
 
 # A write based on a stale copy is retried from a fresh read this many times before giving up.
 ATTEMPTS = 5
@@ -182,17 +184,10 @@ class Service:
     async def _update_user(self, uid: str, change: Callable[[dict[str, Any]], dict[str, Any]], base_url: str,
                            match: str | None) -> dict[str, Any]:
         for attempt in range(ATTEMPTS):
-            rec = await self.store.load_user(uid, fresh=attempt > 0)
+            rec = await _matching("User", uid, self.store.load_user, match, attempt)
             if rec is None:
-                raise not_found(f"User {uid} not found")
+                continue
             current = self.render_user(rec, base_url)
-            if match is not None and attempt == 0:
-                # The copy may trail another replica's write: confirm a mismatch before refusing.
-                try:
-                    if_match(match, rec.meta["version"])
-                except ScimError:
-                    continue
-            if_match(match, rec.meta["version"])
             spec = change(current)
             if spec == rec.spec:
                 return current
@@ -205,15 +200,9 @@ class Service:
 
     async def delete_user(self, uid: str, match: str | None) -> None:
         for attempt in range(ATTEMPTS):
-            rec = await self.store.load_user(uid, fresh=attempt > 0)
+            rec = await _matching("User", uid, self.store.load_user, match, attempt)
             if rec is None:
-                raise not_found(f"User {uid} not found")
-            if match is not None and attempt == 0:
-                try:
-                    if_match(match, rec.meta["version"])
-                except ScimError:
-                    continue
-            if_match(match, rec.meta["version"])
+                continue
             try:
                 await self.store.delete_user(rec)
                 return
@@ -254,15 +243,9 @@ class Service:
     async def _update_group(self, gid: str, change: Callable[[dict[str, Any]], dict[str, Any]], base_url: str,
                             match: str | None) -> dict[str, Any]:
         for attempt in range(ATTEMPTS):
-            rec = await self.store.load_group(gid, fresh=attempt > 0)
+            rec = await _matching("Group", gid, self.store.load_group, match, attempt)
             if rec is None:
-                raise not_found(f"Group {gid} not found")
-            if match is not None and attempt == 0:
-                try:
-                    if_match(match, rec.meta["version"])
-                except ScimError:
-                    continue
-            if_match(match, rec.meta["version"])
+                continue
             current = self.render_group(rec, base_url)
             new = change(current)
             spec = convert.group_to_spec(new)
@@ -280,21 +263,33 @@ class Service:
 
     async def delete_group(self, gid: str, match: str | None) -> None:
         for attempt in range(ATTEMPTS):
-            rec = await self.store.load_group(gid, fresh=attempt > 0)
+            rec = await _matching("Group", gid, self.store.load_group, match, attempt)
             if rec is None:
-                raise not_found(f"Group {gid} not found")
-            if match is not None and attempt == 0:
-                try:
-                    if_match(match, rec.meta["version"])
-                except ScimError:
-                    continue
-            if_match(match, rec.meta["version"])
+                continue
             try:
                 await self.store.delete_group(rec)
                 return
             except Stale:
                 continue
         raise _busy("Group", gid)
+
+
+async def _matching(kind: str, rid: str, load: Callable[..., Awaitable[R | None]], match: str | None,
+                    attempt: int) -> R | None:
+    """The record a write applies to, after the If-Match check; None when it must be read again.
+
+    The cached copy may trail another replica's write, so a version mismatch on the first attempt is
+    confirmed with a fresh read before the client gets 412."""
+    rec = await load(rid, fresh=attempt > 0)
+    if rec is None:
+        raise not_found(f"{kind} {rid} not found")
+    if match is not None and attempt == 0:
+        try:
+            if_match(match, rec.meta["version"])
+        except ScimError:
+            return None
+    if_match(match, rec.meta["version"])
+    return rec
 
 
 def _busy(kind: str, rid: str) -> ScimError:
