@@ -21,6 +21,7 @@ from scim_operator import keys, metrics, policies
 from scim_operator.context import NotOwned, Operator, failure_reason, retry_later
 from scim_operator.litellm_api import LiteLLMError
 from scim_operator.objects import (
+    failed_status,
     membership_differences,
     merged_metadata,
     now,
@@ -285,18 +286,6 @@ def _ok(team_id: str, view: View, name: str) -> Callable[[dict[str, Any], dict[s
     return lambda st, obj: _status_ok(st, obj, team_id, view, name)
 
 
-def _failed(reason: str, message: str) -> Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]:
-    """A status change: Synced and Ready False, with LiteLLM's own error message."""
-
-    def change(st: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
-        gen = obj["metadata"].get("generation")
-        conds = set_condition(st.get("conditions"), "Synced", False, reason, message, gen)
-        conds = set_condition(conds, "Ready", False, reason, message, gen)
-        return {**st, "conditions": conds}
-
-    return change
-
-
 async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
     """The create/update/resume handler of a ScimGroup."""
     name = body["metadata"]["name"]
@@ -307,13 +296,13 @@ async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
             out = await apply_group(op, view, name, spec, known)
         except NotOwned as exc:
             metrics.RECONCILES.labels("group", "not_owned").inc()
-            await op.resources.update_status(GROUP, name, _failed("NotOwned", str(exc)))
+            await op.resources.update_status(GROUP, name, failed_status("NotOwned", str(exc)))
             emit(body, "NotOwned", str(exc), warning=True)
             return
         except LiteLLMError as exc:
             metrics.RECONCILES.labels("group", "error").inc()
             metrics.FAILURES.labels("group", failure_reason(exc)).inc()
-            await op.resources.update_status(GROUP, name, _failed(failure_reason(exc), str(exc)))
+            await op.resources.update_status(GROUP, name, failed_status(failure_reason(exc), str(exc)))
             raise retry_later(exc, retry) from None
         finally:
             verify_soon(op, view, name, team_id_for(name, spec, op.settings.team_id_strategy))
@@ -409,7 +398,7 @@ async def shard_changed(op: Operator, view: View, event_type: str | None, body: 
                     await remove_members(op, team_id, removes)
             except LiteLLMError as exc:
                 metrics.FAILURES.labels("membership", failure_reason(exc)).inc()
-                await op.resources.update_status(GROUP, group, _failed(failure_reason(exc), str(exc)))
+                await op.resources.update_status(GROUP, group, failed_status(failure_reason(exc), str(exc)))
                 attempt += 1
                 delay = min(30.0, 0.5 * 2 ** min(attempt, 6))
                 log.warning(
@@ -502,7 +491,7 @@ async def _flush_joins(op: Operator, view: View, group: str, team_id: str) -> No
                     op.memory.pending_joins.setdefault(group, set()).update(batch)
                     attempt += 1
                     metrics.FAILURES.labels("membership", failure_reason(exc)).inc()
-                    await op.resources.update_status(GROUP, group, _failed(failure_reason(exc), str(exc)))
+                    await op.resources.update_status(GROUP, group, failed_status(failure_reason(exc), str(exc)))
                     verify_soon(op, view, group, team_id)
                     continue
                 attempt = 0
@@ -586,7 +575,7 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
             log.warning(
                 "drift check of ScimGroup failed", extra={"fields": {"name": name, "error": str(exc)}}
             )
-            await op.resources.update_status(GROUP, name, _failed(failure_reason(exc), str(exc)))
+            await op.resources.update_status(GROUP, name, failed_status(failure_reason(exc), str(exc)))
             return
         text = "; ".join(findings)
 

@@ -5,6 +5,7 @@ condition's transition time moves) is testable without a proxy."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -138,3 +139,15 @@ def set_condition(
 
 def condition(conditions: list[dict[str, Any]] | None, ctype: str) -> dict[str, Any] | None:
     return next((c for c in conditions or [] if c.get("type") == ctype), None)
+
+
+def failed_status(reason: str, message: str) -> Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]:
+    """A status change: Synced and Ready False, with LiteLLM's own error message."""
+
+    def change(st: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
+        gen = obj["metadata"].get("generation")
+        conds = set_condition(st.get("conditions"), "Synced", False, reason, message, gen)
+        conds = set_condition(conds, "Ready", False, reason, message, gen)
+        return {**st, "conditions": conds}
+
+    return change

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +20,7 @@ from scim_operator.litellm_api import LiteLLMError
 from scim_operator.objects import (
     DesiredUser,
     desired_user,
+    failed_status,
     merged_metadata,
     now,
     ownership,
@@ -188,18 +188,6 @@ def _status_ok(
     }
 
 
-def _failed(reason: str, message: str) -> Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]:
-    """A status change: Synced and Ready False, with LiteLLM's own error message."""
-
-    def change(st: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
-        gen = obj["metadata"].get("generation")
-        conds = set_condition(st.get("conditions"), "Synced", False, reason, message, gen)
-        conds = set_condition(conds, "Ready", False, reason, message, gen)
-        return {**st, "conditions": conds}
-
-    return change
-
-
 async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
     """The create/update/resume handler of a ScimUser."""
     name = body["metadata"]["name"]
@@ -210,13 +198,13 @@ async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
             out = await apply_user(op, view, name, spec, status)
         except NotOwned as exc:
             metrics.RECONCILES.labels("user", "not_owned").inc()
-            await op.resources.update_status(USER, name, _failed("NotOwned", str(exc)))
+            await op.resources.update_status(USER, name, failed_status("NotOwned", str(exc)))
             emit(body, "NotOwned", str(exc), warning=True)
             return
         except LiteLLMError as exc:
             metrics.RECONCILES.labels("user", "error").inc()
             metrics.FAILURES.labels("user", failure_reason(exc)).inc()
-            await op.resources.update_status(USER, name, _failed(failure_reason(exc), str(exc)))
+            await op.resources.update_status(USER, name, failed_status(failure_reason(exc), str(exc)))
             raise retry_later(exc, retry) from None
         await op.resources.update_status(USER, name, lambda st, o: _status_ok(st, o, out, view, name))
         metrics.RECONCILES.labels("user", "ok").inc()
@@ -298,7 +286,7 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
             return
         except LiteLLMError as exc:
             log.warning("drift check of ScimUser failed", extra={"fields": {"name": name, "error": str(exc)}})
-            await op.resources.update_status(USER, name, _failed(failure_reason(exc), str(exc)))
+            await op.resources.update_status(USER, name, failed_status(failure_reason(exc), str(exc)))
             return
         await _report_drift(op, view, body, name, findings, out)
 
