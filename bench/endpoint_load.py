@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import random
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -39,7 +37,7 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio import client
 
-from litellm_scim import kube, peers
+from litellm_scim import kube, peers, tokens
 from scim_contract import (
     API_GROUP,
     API_VERSION,
@@ -288,10 +286,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             raw_namespace = f"{namespace}-raw"
             for ns in (namespace, raw_namespace):
                 await kube.ensure_namespace(api, ns)
-            token = secrets.token_urlsafe(24)
-            encoded = base64.b64encode(token.encode()).decode()
-            await client.CoreV1Api(api).create_namespaced_secret(namespace, {
-                "metadata": {"name": "litellm-scim-tokens"}, "data": {"bench": encoded}})
+            _, token = await tokens.create_token(api, namespace, name="bench")
 
             port = peers.free_port()
             endpoint = start_process(

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import os
 import random
-import secrets
 import statistics
 import subprocess
 import sys
@@ -36,7 +34,7 @@ import aiohttp
 from kubernetes_asyncio import client, watch
 
 import scim_contract as c
-from litellm_scim import kube, peers
+from litellm_scim import kube, peers, tokens
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "operator"))
@@ -146,17 +144,7 @@ class ScimPusher(Pusher):
     async def start(
         cls, api: client.ApiClient, ns: str, kubeconfig: str, state: Path, writers: int
     ) -> ScimPusher:
-        token = secrets.token_urlsafe(24)
-        await client.CoreV1Api(api).create_namespaced_secret(
-            ns,
-            {
-                "metadata": {
-                    "name": "litellm-scim-tokens",
-                    "annotations": {"tokens.scim.litellm-operator.dev/bench": "2026-01-01T00:00:00Z"},
-                },
-                "data": {"bench": base64.b64encode(token.encode()).decode()},
-            },
-        )
+        _, token = await tokens.create_token(api, ns, name="bench")
         port = peers.free_port()
         log = (state / "endpoint.log").open("ab")
         proc = subprocess.Popen(  # noqa: ASYNC220 -- started once, before anything is measured

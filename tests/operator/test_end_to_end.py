@@ -3,9 +3,7 @@ operator`` -> LiteLLM, with both processes real and only the SCIM API and LiteLL
 
 from __future__ import annotations
 
-import base64
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -19,7 +17,7 @@ import pytest
 from kubernetes_asyncio import client
 from operator_helpers import Admin, OperatorProcess, eventually
 
-from litellm_scim import peers
+from litellm_scim import peers, tokens
 
 pytestmark = [pytest.mark.litellm, pytest.mark.slow]
 
@@ -29,17 +27,7 @@ PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 
 @pytest.fixture
 async def scim_token(kube_api: client.ApiClient, namespace: str) -> str:
-    value = secrets.token_urlsafe(24)
-    await client.CoreV1Api(kube_api).create_namespaced_secret(
-        namespace,
-        {
-            "metadata": {
-                "name": "litellm-scim-tokens",
-                "annotations": {"tokens.scim.litellm-operator.dev/e2e": "2026-01-01T00:00:00Z"},
-            },
-            "data": {"e2e": base64.b64encode(value.encode()).decode()},
-        },
-    )
+    _, value = await tokens.create_token(kube_api, namespace, name="e2e")
     return value
 
 
