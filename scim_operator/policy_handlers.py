@@ -154,14 +154,14 @@ def _same_status(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def register(registry: kopf.OperatorRegistry, op: Operator, view_of: Callable[[dict[str, Any]], View]) -> None:
     @kopf.index(API_GROUP, VERSION, POLICY.plural, id="policy_index", registry=registry)
-    def policy_index(name: str, meta: Any, spec: Any, **_: Any) -> dict[str, Policy]:
+    async def policy_index(name: str, meta: Any, spec: Any, **_: Any) -> dict[str, Policy]:
         if meta.get("deletionTimestamp"):
             return {}
         parsed = policies.parse_policy(name, int(meta.get("generation") or 0), dict(spec))
         return {name: parsed} if parsed is not None else {}
 
     @kopf.index(API_GROUP, VERSION, GROUP.plural, id="group_index", registry=registry)
-    def group_index(name: str, meta: Any, spec: Any, status: Any, **_: Any) -> dict[str, GroupEntry]:
+    async def group_index(name: str, meta: Any, spec: Any, status: Any, **_: Any) -> dict[str, GroupEntry]:
         if meta.get("deletionTimestamp"):
             return {}
         return {name: policies.group_entry(name, dict(spec), dict(meta.get("labels") or {}), dict(status))}

@@ -1,7 +1,10 @@
 """Reading and writing the custom resources' status, and Kubernetes Events about them.
 
-Status is written with a JSON merge patch of the whole ``status`` computed from a fresh read, under
-the resource's lock, so the handler, the drift timer and the shard handler never undo each other."""
+Status is written with a JSON merge patch of the whole ``status``, under the resource's lock, so the
+handler, the drift timer and the shard handler never undo each other. The patch is computed from the
+newest object the operator's watch delivered and carries its resourceVersion: when the object changed
+since, the API server refuses (409) and the status is recomputed from a fresh read. Most writes thus
+cost one request instead of a read and a write."""
 
 from __future__ import annotations
 
@@ -37,6 +40,15 @@ class Resources:
         self._objects = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)  # key Secrets
         self.namespace = namespace
+        # Newest object of each (plural, name) seen by a watch or returned by a write.
+        self._latest: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def seen(self, kind: ResourceKind, name: str, obj: dict[str, Any] | None) -> None:
+        """Record what a watch event delivered (None: the object was deleted)."""
+        if obj is None:
+            self._latest.pop((kind.plural, name), None)
+        else:
+            self._latest[(kind.plural, name)] = obj
 
     async def get(self, kind: ResourceKind, name: str) -> dict[str, Any] | None:
         try:
@@ -56,26 +68,39 @@ class Resources:
         change: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]],
     ) -> dict[str, Any] | None:
         """Apply ``change(current_status, object) -> new_status``; None when the object is gone."""
-        obj = await self.get(kind, name)
-        if obj is None:
-            return None
-        current = dict(obj.get("status") or {})
-        new = change(current, obj)
-        if new == current:
-            return obj
-        patch: dict[str, Any] = {"status": {**{k: None for k in current if k not in new}, **new}}
-        try:
-            result: dict[str, Any] = await self._objects.patch_namespaced_custom_object_status(
-                API_GROUP,
-                VERSION,
-                self.namespace,
-                kind.plural,
-                name,
-                patch,
-                _content_type="application/merge-patch+json",  # type: ignore[call-arg]
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return result
+        key = (kind.plural, name)
+        obj = self._latest.get(key)
+        for _ in range(5):
+            if obj is None:
+                obj = await self.get(kind, name)
+                if obj is None:
+                    return None
+            current = dict(obj.get("status") or {})
+            new = change(current, obj)
+            if new == current:
+                return obj
+            patch: dict[str, Any] = {
+                "metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                "status": {**{k: None for k in current if k not in new}, **new},
+            }
+            try:
+                result: dict[str, Any] = await self._objects.patch_namespaced_custom_object_status(
+                    API_GROUP,
+                    VERSION,
+                    self.namespace,
+                    kind.plural,
+                    name,
+                    patch,
+                    _content_type="application/merge-patch+json",  # type: ignore[call-arg]
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    self._latest.pop(key, None)
+                    return None
+                if exc.status != 409:
+                    raise
+                obj = None  # changed since it was seen: read it again and recompute
+                continue
+            self._latest[key] = result
+            return result
+        raise kopf.TemporaryError(f"status of {kind.kind} {name} kept changing while being written", delay=1)
