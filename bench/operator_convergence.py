@@ -353,12 +353,15 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         watchers = [asyncio.create_task(synced.run(p)) for p in (c.USER.plural, c.GROUP.plural)]
         await asyncio.sleep(1.0)
 
+        scim_patch_seconds: dict[str, float] = {}
+
         async def deactivate_and_time(user_id: str) -> float | None:
             """SCIM active=false on a user holding a real virtual key; seconds until the proxy refuses it."""
             async with http.post(f"{proxy.url}/key/generate", json={"user_id": user_id}) as resp:
                 key = (await resp.json())["key"]
             t0 = time.monotonic()
             await pusher.deactivate(user_id)
+            scim_patch_seconds[user_id] = time.monotonic() - t0
             async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as plain:
                 while time.monotonic() - t0 < 60:
                     async with plain.get(f"{proxy.url}/v1/models") as r:
@@ -515,6 +518,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "deactivation_during_provisioning_to_key_refused_p50_s": round(pct(busy_deact, 50), 3),
             "deactivation_during_provisioning_to_key_refused_max_s": round(max(busy_deact, default=float("nan")), 3),
             "deactivations_during_provisioning_measured": len(busy_deact),
+            # Of which the SCIM PATCH itself (the endpoint answering while the groups are pushed).
+            "deactivation_during_provisioning_scim_patch_max_s": round(
+                max((scim_patch_seconds[u] for u in busy_deactivated if u in scim_patch_seconds), default=float("nan")),
+                3,
+            ),
             "litellm_calls_made": int(made),
             "litellm_calls_minimum": minimum,
             "litellm_calls_by_endpoint": {k: int(v) for k, v in sorted(by_endpoint.items())},
