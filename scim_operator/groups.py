@@ -217,6 +217,8 @@ async def apply_group(
     for shard, users, _nested in shards:
         op.memory.applied_shards[shard] = frozenset(users)
     op.memory.in_team[name] = set(desired)
+    # ScimUser name and LiteLLM user_id are the same (see user_id_for).
+    _count_groups_later(op, view, sorted({*adds, *removes}))
     if adds:
         out.events.append(
             ("MembersAdded", f"added {len(adds)} member(s) to team {team_id}: {_names(adds, desired)}")
@@ -382,6 +384,7 @@ async def shard_changed(op: Operator, view: View, event_type: str | None, body: 
             if team_id is None:
                 # The group's own handler will compare the whole team once the team exists.
                 op.memory.applied_shards[shard] = users
+                _count_groups_later(op, view, sorted(users ^ old))
                 return
             display = {user_id_for(n): view.display(n) for n in users | old}
             adds = [user_id_for(n) for n in sorted(users - old) if view.user_ready(n)]
@@ -509,12 +512,26 @@ async def _flush_joins(op: Operator, view: View, group: str, team_id: str) -> No
         op.memory.join_tasks.pop(group, None)
 
 
+# A burst of group changes (initial provisioning: every user lands in several groups) refreshes each
+# user's count once per window, not once per group.
+RECOUNT_WINDOW = 1.0
+
+
 def _count_groups_later(op: Operator, view: View, names: list[str]) -> None:
     """Refresh status.groups of users whose memberships changed, off the membership path."""
+    op.memory.recount_users.update(names)
+    if op.memory.recount_task is None or op.memory.recount_task.done():
+        op.memory.recount_task = asyncio.create_task(_recount(op, view))
 
-    async def refresh() -> None:
-        for name in names:
-            if not view.user_exists(name):
+
+async def _recount(op: Operator, view: View) -> None:
+    while op.memory.recount_users:
+        await asyncio.sleep(RECOUNT_WINDOW)
+        batch = sorted(op.memory.recount_users)
+        op.memory.recount_users.clear()
+        for name in batch:
+            # A user not synced yet counts its groups in its own first status write.
+            if not view.user_exists(name) or not view.user_ready(name):
                 continue
             async with op.memory.lock("user", name):
                 await op.resources.update_status(
@@ -522,10 +539,6 @@ def _count_groups_later(op: Operator, view: View, names: list[str]) -> None:
                     name,
                     lambda st, _o, n=name: {**st, "groups": len(view.groups_of(n))},  # type: ignore[misc]
                 )
-
-    task = asyncio.create_task(refresh())
-    op.memory.background.add(task)
-    task.add_done_callback(op.memory.background.discard)
 
 
 async def check_drift(op: Operator, view: View, body: Any) -> None:

@@ -57,6 +57,9 @@ class Memory:
     # Teams whose membership calls failed in a way LiteLLM may have half-applied, and their checkers.
     suspect_teams: set[str] = field(default_factory=set)
     verify_tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    # ScimUsers whose status.groups count is to be refreshed, and the one task that does it.
+    recount_users: set[str] = field(default_factory=set)
+    recount_task: asyncio.Task[None] | None = None
     # Fire-and-forget bookkeeping tasks, referenced so they are not garbage-collected mid-flight.
     background: set[asyncio.Task[None]] = field(default_factory=set)
 

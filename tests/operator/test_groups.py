@@ -73,12 +73,36 @@ async def test_membership_follows_shards_and_users_that_appear_later(
 
     st = await eventually(status_counts, what="member counts in status")
     assert st["litellm"]["teamId"] == group  # type: ignore[index]
-    user_status = await kube_rw.get(c.USER, b)
-    assert user_status is not None and user_status["status"]["groups"] == 1
+    await eventually(_groups_count_is(kube_rw, b, 1), what="status.groups of a member")
 
     # Deleting the group deletes the team (deletion policy "delete").
     await kube_rw.delete(c.GROUP, group)
     await eventually(lambda: _team_gone(admin, group), what="team deleted")
+
+
+def _groups_count_is(kube_rw: Kube, user: str, expected: int) -> Callable[[], object]:
+    async def probe() -> bool:
+        obj = await kube_rw.get(c.USER, user)
+        return ((obj or {}).get("status") or {}).get("groups") == expected
+
+    return probe
+
+
+async def test_users_synced_before_their_group_show_the_group_in_status(
+    start_operator: Callable[..., OperatorProcess], kube_rw: Kube, admin: Admin, ids: Callable[[str], str],
+    namespace: str,
+) -> None:
+    """An IdP pushes users first, groups later: the GROUPS column of those users must not stay at 0."""
+    start_operator(drift_interval="600")  # no drift timer to refresh the count by accident
+    a, b, group = ids("uma"), ids("ugo"), ids("ops")
+    await _make_users(kube_rw, admin, [a, b])
+    for user in (a, b):
+        await eventually(_groups_count_is(kube_rw, user, 0), what=f"{user} synced with no group")
+    await kube_rw.create(c.GROUP, group, {"displayName": f"Ops {namespace}"})
+    await kube_rw.set_members(group, [a, b])
+    await eventually(_members_are(admin, group, [a, b]), what="team with both members")
+    for user in (a, b):
+        await eventually(_groups_count_is(kube_rw, user, 1), what=f"status.groups of {user}")
 
 
 async def _team_gone(admin: Admin, team_id: str) -> bool:
