@@ -101,13 +101,6 @@ def member_add_slots(concurrency: int) -> int:
     return max(1, concurrency // 4)
 
 
-# Calls that take access away go first when calls queue up: a deactivation during a bulk
-# provisioning must not wait behind hundreds of queued user creations. (Giving team and membership
-# calls precedence too was measured and rejected: the early partial member additions it causes cost
-# LiteLLM more than the overlap saves.)
-_URGENT = frozenset({"/key/list", "/key/block", "/key/delete", "/user/delete", "/team/member_delete"})
-
-
 class LiteLLM:
     """The admin API calls the operator needs, with a concurrency limit and per-call metrics."""
 
@@ -149,10 +142,16 @@ class LiteLLM:
         *,
         params: dict[str, str] | None = None,
         body: dict[str, Any] | None = None,
+        urgent: bool = False,
     ) -> Any:
+        """One admin API call. ``urgent``: it takes access away (lists or blocks a user's keys, deletes
+        keys, users or memberships). Urgent calls go first when calls queue up: a deactivation during
+        a bulk provisioning must not wait behind hundreds of queued user creations. (Giving team and
+        membership calls precedence too was measured and rejected: the early, partial member additions
+        it causes cost LiteLLM more than the overlap saves.)"""
         endpoint = path
         status_label = "error"
-        async with self._limit.slot(0 if path in _URGENT else 1):
+        async with self._limit.slot(0 if urgent else 1):
             # Latency is LiteLLM's answer time, not time spent waiting for a free slot here.
             started = time.perf_counter()
             try:
@@ -210,7 +209,7 @@ class LiteLLM:
     async def user_delete(self, user_id: str) -> bool:
         """False when the user did not exist."""
         try:
-            await self.call("POST", "/user/delete", body={"user_ids": [user_id]})
+            await self.call("POST", "/user/delete", body={"user_ids": [user_id]}, urgent=True)
         except LiteLLMError as exc:
             if exc.status == 404:
                 return False
@@ -258,7 +257,9 @@ class LiteLLM:
     async def member_delete(self, team_id: str, user_id: str) -> None:
         """Removes one member; a user that is not a member counts as success."""
         try:
-            await self.call("POST", "/team/member_delete", body={"team_id": team_id, "user_id": user_id})
+            await self.call(
+                "POST", "/team/member_delete", body={"team_id": team_id, "user_id": user_id}, urgent=True
+            )
         except LiteLLMError as exc:
             if not (exc.status == 400 and "not found in team" in exc.message.lower()):
                 raise
@@ -273,6 +274,7 @@ class LiteLLM:
                 "GET",
                 "/key/list",
                 params={"user_id": user_id, "return_full_object": "true", "page": str(page), "size": "100"},
+                urgent=True,
             )
             batch = data.get("keys", []) if isinstance(data, dict) else []
             keys.extend(k for k in batch if isinstance(k, dict) and k.get("user_id") == user_id)
@@ -283,7 +285,7 @@ class LiteLLM:
     async def key_block(self, key_hash: str) -> bool:
         """False when the key no longer exists."""
         try:
-            await self.call("POST", "/key/block", body={"key": key_hash})
+            await self.call("POST", "/key/block", body={"key": key_hash}, urgent=True)
         except LiteLLMError as exc:
             if exc.status == 404:
                 return False
@@ -303,7 +305,7 @@ class LiteLLM:
     async def key_delete(self, key_hashes: list[str]) -> None:
         if key_hashes:
             try:
-                await self.call("POST", "/key/delete", body={"keys": key_hashes})
+                await self.call("POST", "/key/delete", body={"keys": key_hashes}, urgent=True)
             except LiteLLMError as exc:
                 if exc.status != 404:
                     raise
