@@ -6,8 +6,9 @@ A client that knows everything in advance and makes exactly the minimum calls (o
 user, one ``/team/new`` and one ``/team/member_add`` per group), with the same request shapes and the
 same limits as the operator (``--concurrency`` calls in flight, of which ``member_add_slots`` may be
 member additions). Nothing an operator does can converge faster than this on the same proxy, so the
-convergence benchmark runs it in the same session and compares. It also measures each kind of call
-alone (one in flight), which is what the proxy would give if it scaled with parallel calls.
+convergence benchmark runs it in the same session, before and after the operator, and compares. It
+also measures each kind of call alone (one in flight), which is what the proxy would give if it
+scaled with parallel calls.
 
 The objects it creates have their own ids and are deleted afterwards."""
 
@@ -152,6 +153,18 @@ async def measure(
     finally:
         await direct.close()
     return alone, together
+
+
+async def minimum_run(
+    url: str, master_key: str, users: int, groups: int, members: int, concurrency: int
+) -> Floor:
+    """The full minimum run alone: the convergence benchmark repeats it after the operator's run, so
+    that a machine getting faster or slower in between does not bias the comparison."""
+    direct = Direct(url, master_key)
+    try:
+        return await run(direct, users, groups, members, concurrency, member_add_slots(concurrency))
+    finally:
+        await direct.close()
 
 
 def report(alone: Floor, together: Floor, users: int, groups: int) -> dict[str, Any]:
