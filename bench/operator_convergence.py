@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ from litellm_scim import kube, peers, tokens
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "operator"))
-from operator_helpers import OperatorProcess, metric_sum  # noqa: E402
+from operator_helpers import EndpointProcess, OperatorProcess, metric_sum, start_endpoint, stop_endpoint  # noqa: E402
 
 CALLS = "litellm_scim_operator_litellm_calls_total"
 
@@ -130,10 +129,10 @@ class ResourcePusher(Pusher):
 class ScimPusher(Pusher):
     """SCIM requests into a real ``litellm-scim endpoint`` process, as an IdP sends them."""
 
-    def __init__(self, url: str, token: str, proc: subprocess.Popen[bytes], writers: int) -> None:
+    def __init__(self, endpoint: EndpointProcess, token: str, writers: int) -> None:
         super().__init__(writers)
-        self.url = url
-        self.proc = proc
+        self.endpoint = endpoint
+        self.url = f"{endpoint.url}/scim/v2"
         self.http = aiohttp.ClientSession(
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/scim+json"}
         )
@@ -141,43 +140,10 @@ class ScimPusher(Pusher):
     @classmethod
     async def start(cls, api: client.ApiClient, ns: str, kubeconfig: str, state: Path, writers: int) -> ScimPusher:
         _, token = await tokens.create_token(api, ns, name="bench")
-        port = peers.free_port()
-        log = (state / "endpoint.log").open("ab")
-        proc = subprocess.Popen(  # noqa: ASYNC220 -- started once, before anything is measured
-            [
-                sys.executable,
-                "-m",
-                "litellm_scim.cli",
-                "endpoint",
-                "--namespace",
-                ns,
-                "--kubeconfig",
-                kubeconfig,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--metrics-port",
-                "0",
-                "--log-level",
-                "warning",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        endpoint = await asyncio.to_thread(
+            start_endpoint, kubeconfig, ns, state / "endpoint.log", "--log-level", "warning"
         )
-        deadline = time.monotonic() + 60
-        async with aiohttp.ClientSession() as probe:
-            while True:
-                try:
-                    async with probe.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("SCIM endpoint did not become ready; see endpoint.log")
-                await asyncio.sleep(0.2)
-        return cls(f"http://127.0.0.1:{port}/scim/v2", token, proc, writers)
+        return cls(endpoint, token, writers)
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         async with self.limit, self.http.post(self.url + path, json=body) as resp:
@@ -222,8 +188,7 @@ class ScimPusher(Pusher):
 
     async def close(self) -> None:
         await self.http.close()
-        self.proc.terminate()
-        await asyncio.to_thread(self.proc.wait, 15)
+        await asyncio.to_thread(stop_endpoint, self.endpoint)
 
 
 class Synced:

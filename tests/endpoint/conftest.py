@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from kubernetes_asyncio import client
-from scim_http import TOKEN_SECRET, EndpointProcess, Scim, start_endpoint, stop_endpoint, write_tokens
+from operator_helpers import EndpointProcess, start_endpoint, stop_endpoint
+from scim_http import TOKEN_SECRET, Scim, write_tokens
 
 from scim_endpoint.app import create_app
 from scim_endpoint.auth import Tokens

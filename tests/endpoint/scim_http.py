@@ -1,20 +1,14 @@
-"""Helpers of the endpoint tests: a SCIM client, the token Secret, real ``litellm-scim endpoint`` processes."""
+"""Helpers of the endpoint tests: a SCIM client and the token Secret (real endpoint processes: operator_helpers)."""
 
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient
 from kubernetes_asyncio import client
-
-from litellm_scim import peers
 
 TOKEN_SECRET = "litellm-scim-tokens"
 SCIM = "application/scim+json"
@@ -96,40 +90,6 @@ class Scim:
 
     async def delete(self, path: str, **kw: Any) -> Response:
         return await self.call("DELETE", path, **kw)
-
-
-# ---- real endpoint processes ------------------------------------------------------------------------
-@dataclass
-class EndpointProcess:
-    url: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-
-def start_endpoint(kubeconfig: str, namespace: str, log: Path) -> EndpointProcess:
-    port = peers.free_port()
-    env = {**os.environ, "KUBECONFIG": kubeconfig}
-    out = log.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "litellm_scim.cli", "endpoint", "--host", "127.0.0.1", "--port", str(port),
-         "--metrics-port", "0", "--namespace", namespace, "--kubeconfig", kubeconfig, "--log-format", "text"],
-        stdout=out, stderr=subprocess.STDOUT, env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        peers.wait_http(f"{url}/readyz", timeout=30)
-    except TimeoutError:
-        proc.terminate()
-        raise RuntimeError(f"endpoint did not become ready: {log.read_text()[-2000:]}") from None
-    return EndpointProcess(url, proc, log)
-
-
-def stop_endpoint(ep: EndpointProcess) -> None:
-    ep.proc.terminate()
-    try:
-        ep.proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        ep.proc.kill()
 
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from scim_http import start_endpoint, stop_endpoint
+from operator_helpers import start_endpoint, stop_endpoint
 
 from litellm_scim import peers
 

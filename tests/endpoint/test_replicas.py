@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from kubernetes_asyncio import client
-from scim_http import GROUP, EndpointProcess, Scim, assert_error, patch_body, user_body, write_tokens
+from operator_helpers import EndpointProcess
+from scim_http import GROUP, Scim, assert_error, patch_body, user_body, write_tokens
 from stored import list_objects, stored_members
 
 pytestmark = pytest.mark.slow

@@ -1,5 +1,6 @@
-"""Helpers of the operator tests: the operator as a real subprocess, resource writers that mimic the
-SCIM endpoint (users, groups, member shards), a LiteLLM admin client and polling."""
+"""Helpers of the operator tests: the operator and the endpoint as real subprocesses (also used by the
+endpoint tests and the benchmarks), resource writers that mimic the SCIM endpoint (users, groups,
+member shards), a LiteLLM admin client and polling."""
 
 from __future__ import annotations
 
@@ -109,6 +110,45 @@ class OperatorProcess:
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
             return str(resp.read().decode())
+
+
+@dataclass
+class EndpointProcess:
+    """``litellm-scim endpoint`` in a subprocess; ``url`` is its base, without ``/scim/v2``."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+def start_endpoint(kubeconfig: str, namespace: str, log: Path, *args: str) -> EndpointProcess:
+    """Start an endpoint on a free port and wait until it is ready; ``args`` are extra flags."""
+    port = peers.free_port()
+    # The caller's LITELLM_SCIM_* variables would silently change the endpoint under test.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LITELLM_SCIM_")}
+    env["KUBECONFIG"] = kubeconfig
+    out = log.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "litellm_scim.cli", "endpoint", "--host", "127.0.0.1", "--port", str(port),
+         "--metrics-port", "0", "--namespace", namespace, "--kubeconfig", kubeconfig, "--log-format", "text",
+         *args],
+        stdout=out, stderr=subprocess.STDOUT, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        peers.wait_http(f"{url}/readyz", timeout=30)
+    except TimeoutError:
+        proc.terminate()
+        raise RuntimeError(f"endpoint did not become ready: {log.read_text()[-2000:]}") from None
+    return EndpointProcess(url, proc, log)
+
+
+def stop_endpoint(ep: EndpointProcess) -> None:
+    ep.proc.terminate()
+    try:
+        ep.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        ep.proc.kill()
 
 
 def metric_sum(text: str, name: str, **labels: str) -> float:

@@ -3,11 +3,6 @@ operator`` -> LiteLLM, with both processes real and only the SCIM API and LiteLL
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,9 +10,9 @@ from typing import Any
 import aiohttp
 import pytest
 from kubernetes_asyncio import client
-from operator_helpers import Admin, OperatorProcess, eventually
+from operator_helpers import Admin, OperatorProcess, eventually, start_endpoint, stop_endpoint
 
-from litellm_scim import peers, tokens
+from litellm_scim import tokens
 
 pytestmark = [pytest.mark.litellm, pytest.mark.slow]
 
@@ -33,50 +28,11 @@ async def scim_token(kube_api: client.ApiClient, namespace: str) -> str:
 
 @pytest.fixture
 def endpoint(namespace: str, kubeconfig: str, scim_token: str, tmp_path: Path) -> Iterator[str]:
-    port = peers.free_port()
-    log = (tmp_path / "endpoint.log").open("ab")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "litellm_scim.cli",
-            "endpoint",
-            "--namespace",
-            namespace,
-            "--kubeconfig",
-            kubeconfig,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--metrics-port",
-            "0",
-            "--log-format",
-            "text",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ},
-    )
+    ep = start_endpoint(kubeconfig, namespace, tmp_path / "endpoint.log")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
-                    break
-            except OSError as exc:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"endpoint not ready: {(tmp_path / 'endpoint.log').read_text()[-2000:]}"
-                    ) from exc
-                time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/scim/v2"
+        yield f"{ep.url}/scim/v2"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_endpoint(ep)
 
 
 @pytest.fixture

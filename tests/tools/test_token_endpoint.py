@@ -5,51 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from operator_helpers import start_endpoint, stop_endpoint
 
-from litellm_scim import peers, tokens
+from litellm_scim import tokens
 
 CHANGE_WITHIN = 15.0  # generous for a loaded CI machine; the measured time is printed
 
 
 @pytest.fixture
-async def endpoint(tmp_path: Path, namespace: str, kubeconfig: str) -> AsyncIterator[str]:
-    port = peers.free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LITELLM_SCIM_")}
-    log = (tmp_path / "endpoint.log").open("wb")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "litellm_scim.cli", "endpoint", "--namespace", namespace,
-        "--kubeconfig", kubeconfig, "--host", "127.0.0.1", "--port", str(port),
-        "--metrics-port", str(peers.free_port()), "--log-format", "text",
-        stdout=log, stderr=asyncio.subprocess.STDOUT, env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
+def endpoint(tmp_path: Path, namespace: str, kubeconfig: str) -> Iterator[str]:
+    ep = start_endpoint(kubeconfig, namespace, tmp_path / "endpoint.log")
     try:
-        async with httpx.AsyncClient() as http:
-            for _ in range(300):
-                if proc.returncode is not None:
-                    break
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get(f"{base}/readyz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("endpoint not ready")
-        assert proc.returncode is None, (tmp_path / "endpoint.log").read_text()
-        yield f"{base}/scim/v2"
+        yield f"{ep.url}/scim/v2"
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            await proc.wait()
-        log.close()
+        stop_endpoint(ep)
 
 
 def _b64(value: str) -> str:
