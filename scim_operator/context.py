@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import kopf
 
 from litellm_scim.settings import OperatorSettings
+from scim_contract import ResourceKind
+from scim_operator import metrics
 from scim_operator.litellm_api import LiteLLM, LiteLLMError
-from scim_operator.resources import Resources
+from scim_operator.objects import failed_status
+from scim_operator.resources import Resources, emit
 from scim_operator.state import Memory
 
 
@@ -41,3 +45,20 @@ def retry_later(exc: LiteLLMError, retry: int) -> kopf.TemporaryError:
 
 def failure_reason(exc: LiteLLMError) -> str:
     return "LiteLLMUnavailable" if exc.transient else "LiteLLMRejected"
+
+
+async def reconcile_failed(
+    op: Operator, kind: ResourceKind, label: str, body: Any, exc: NotOwned | LiteLLMError, retry: int
+) -> None:
+    """Report a failed reconcile on the resource (metrics, ``Synced=False``, an Event for NotOwned).
+    A resource we may not touch is final until something changes; a LiteLLM error is retried."""
+    name = body["metadata"]["name"]
+    if isinstance(exc, NotOwned):
+        metrics.RECONCILES.labels(label, "not_owned").inc()
+        await op.resources.update_status(kind, name, failed_status("NotOwned", str(exc)))
+        emit(body, "NotOwned", str(exc), warning=True)
+        return
+    metrics.RECONCILES.labels(label, "error").inc()
+    metrics.FAILURES.labels(label, failure_reason(exc)).inc()
+    await op.resources.update_status(kind, name, failed_status(failure_reason(exc), str(exc)))
+    raise retry_later(exc, retry) from None

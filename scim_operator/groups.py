@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from scim_contract import GROUP, USER, ScimGroupSpec
 from scim_operator import keys, metrics, policies
-from scim_operator.context import NotOwned, Operator, failure_reason, retry_later
+from scim_operator.context import NotOwned, Operator, failure_reason, reconcile_failed, retry_later
 from scim_operator.litellm_api import LiteLLMError
 from scim_operator.objects import (
     failed_status,
@@ -296,16 +296,9 @@ async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
         known = (body.get("status") or {}).get("litellm", {}).get("teamId") is not None
         try:
             out = await apply_group(op, view, name, spec, known)
-        except NotOwned as exc:
-            metrics.RECONCILES.labels("group", "not_owned").inc()
-            await op.resources.update_status(GROUP, name, failed_status("NotOwned", str(exc)))
-            emit(body, "NotOwned", str(exc), warning=True)
+        except (NotOwned, LiteLLMError) as exc:
+            await reconcile_failed(op, GROUP, "group", body, exc, retry)
             return
-        except LiteLLMError as exc:
-            metrics.RECONCILES.labels("group", "error").inc()
-            metrics.FAILURES.labels("group", failure_reason(exc)).inc()
-            await op.resources.update_status(GROUP, name, failed_status(failure_reason(exc), str(exc)))
-            raise retry_later(exc, retry) from None
         finally:
             verify_soon(op, view, name, team_id_for(name, spec, op.settings.team_id_strategy))
         await op.resources.update_status(

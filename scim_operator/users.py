@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from scim_contract import USER, ScimUserSpec
 from scim_operator import groups, metrics
-from scim_operator.context import NotOwned, Operator, failure_reason, retry_later
+from scim_operator.context import NotOwned, Operator, failure_reason, reconcile_failed, retry_later
 from scim_operator.litellm_api import LiteLLMError
 from scim_operator.objects import (
     DesiredUser,
@@ -196,16 +196,9 @@ async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
         status = dict(body.get("status") or {})
         try:
             out = await apply_user(op, view, name, spec, status)
-        except NotOwned as exc:
-            metrics.RECONCILES.labels("user", "not_owned").inc()
-            await op.resources.update_status(USER, name, failed_status("NotOwned", str(exc)))
-            emit(body, "NotOwned", str(exc), warning=True)
+        except (NotOwned, LiteLLMError) as exc:
+            await reconcile_failed(op, USER, "user", body, exc, retry)
             return
-        except LiteLLMError as exc:
-            metrics.RECONCILES.labels("user", "error").inc()
-            metrics.FAILURES.labels("user", failure_reason(exc)).inc()
-            await op.resources.update_status(USER, name, failed_status(failure_reason(exc), str(exc)))
-            raise retry_later(exc, retry) from None
         await op.resources.update_status(USER, name, lambda st, o: _status_ok(st, o, out, view, name))
         metrics.RECONCILES.labels("user", "ok").inc()
         for reason, message in out.events:
