@@ -8,6 +8,7 @@ group costs one LiteLLM call."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,29 +62,46 @@ def _names(ids: list[str], display: dict[str, str], limit: int = 10) -> str:
     return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
-async def add_members(op: Operator, team_id: str, user_ids: list[str]) -> None:
-    for start in range(0, len(user_ids), ADD_BATCH):
-        await _add_chunk(op, team_id, user_ids[start : start + ADD_BATCH])
+async def add_members(op: Operator, team_id: str, user_ids: list[str] | Callable[[], list[str]]) -> None:
+    """Adds in calls of at most ADD_BATCH members. ``user_ids`` may be a function: it is called when
+    LiteLLM can take the first call. During a bulk provisioning a team's addition queues behind other
+    teams' (LiteLLM serialises them), and the users that became ready meanwhile go in the same call:
+    one /team/member_add per team instead of several partial ones."""
+    chosen: list[str] = []
+
+    def first() -> list[str]:
+        chosen[:] = user_ids() if callable(user_ids) else user_ids
+        return chosen[:ADD_BATCH]
+
+    await _add_chunk(op, team_id, first)
+    for start in range(ADD_BATCH, len(chosen), ADD_BATCH):
+        await _add_chunk(op, team_id, functools.partial(list, chosen[start : start + ADD_BATCH]))
 
 
-async def _add_chunk(op: Operator, team_id: str, user_ids: list[str]) -> None:
+async def _add_chunk(op: Operator, team_id: str, choose: Callable[[], list[str]]) -> None:
+    sent: list[str] = []
+
+    def pick() -> list[str]:
+        sent[:] = choose()
+        return sent
+
     try:
-        await op.litellm.member_add(team_id, user_ids)
+        await op.litellm.member_add(team_id, pick)
     except LiteLLMError as exc:
         if exc.transient:
             op.memory.suspect_teams.add(team_id)
         # LiteLLM adds a list in one database transaction with a 5 s limit: a busy proxy answers a
         # large list with a 500 ("Transaction already closed"). Halves still get through, and a list
         # that partly landed is harmless (members already in the team are skipped).
-        if exc.status < 500 or len(user_ids) < 2:
+        if exc.status < 500 or len(sent) < 2:
             raise
         log.info(
             "member_add too large for LiteLLM right now; splitting",
-            extra={"fields": {"team": team_id, "members": len(user_ids), "error": exc.message[:200]}},
+            extra={"fields": {"team": team_id, "members": len(sent), "error": exc.message[:200]}},
         )
-        half = len(user_ids) // 2
-        await _add_chunk(op, team_id, user_ids[:half])
-        await _add_chunk(op, team_id, user_ids[half:])
+        head, tail = sent[: len(sent) // 2], sent[len(sent) // 2 :]
+        await _add_chunk(op, team_id, lambda: head)
+        await _add_chunk(op, team_id, lambda: tail)
 
 
 async def remove_members(op: Operator, team_id: str, user_ids: list[str]) -> None:
@@ -208,11 +226,23 @@ async def apply_group(
     # Mark the team usable, then read the desired members with no await in between: a shard change
     # either sees the team (and applies its own difference) or happened before this read.
     op.memory.teams[name] = team_id
+    current = team_members(info) if info is not None else {}
     desired = view.desired_members(name)
     shards = list(view.shards.get(name) or ())
-    current = team_members(info) if info is not None else {}
     adds, removes = membership_differences(desired, current)
-    await add_members(op, team_id, adds)
+    if adds:
+
+        def newest_adds() -> list[str]:
+            # Read again once a membership slot is free (see add_members). Users that became ready
+            # in the meantime were also queued by join_later; this call takes them over.
+            nonlocal desired, shards, adds, removes
+            desired = view.desired_members(name)
+            shards = list(view.shards.get(name) or ())
+            adds, removes = membership_differences(desired, current)
+            op.memory.pending_joins.get(name, set()).difference_update(adds)
+            return adds
+
+        await add_members(op, team_id, newest_adds)
     await remove_members(op, team_id, removes)
     for shard, users, _nested in shards:
         op.memory.applied_shards[shard] = frozenset(users)
@@ -474,14 +504,20 @@ async def _flush_joins(op: Operator, view: View, group: str, team_id: str) -> No
         while True:
             await asyncio.sleep(JOIN_WINDOW if attempt == 0 else min(30.0, 0.5 * 2 ** min(attempt, 6)))
             async with op.memory.lock("group", group):
-                batch = sorted(op.memory.pending_joins.pop(group, set()))
-                if not batch or op.memory.teams.get(group) != team_id:
+                if not op.memory.pending_joins.get(group) or op.memory.teams.get(group) != team_id:
                     return  # nothing left, or the group was deleted meanwhile
+                batch: list[str] = []
+
+                def take(batch: list[str] = batch) -> list[str]:
+                    # Taken when LiteLLM can take the call: joins that arrive while it queues go in too.
+                    batch[:] = sorted(op.memory.pending_joins.pop(group, set()))
+                    return batch
+
                 try:
                     if attempt:
                         batch, _ = await compare_members(op, view, group, team_id)
                     else:
-                        await add_members(op, team_id, batch)
+                        await add_members(op, team_id, take)
                         op.memory.in_team.setdefault(group, set()).update(batch)
                 except LiteLLMError as exc:
                     op.memory.pending_joins.setdefault(group, set()).update(batch)
@@ -490,6 +526,8 @@ async def _flush_joins(op: Operator, view: View, group: str, team_id: str) -> No
                     await op.resources.update_status(GROUP, group, failed_status(failure_reason(exc), str(exc)))
                     verify_soon(op, view, group, team_id)
                     continue
+                if not batch and not attempt:
+                    continue  # the group's own reconcile took these members into its call
                 attempt = 0
                 verify_soon(op, view, group, team_id)
                 target = await op.resources.update_status(GROUP, group, _ok(team_id, view, group))

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import aiohttp
@@ -242,13 +242,17 @@ class LiteLLM:
             raise
         return True
 
-    async def member_add(self, team_id: str, user_ids: Iterable[str]) -> None:
-        """Adds members with role ``user``; members already in the team count as success."""
-        members = [{"user_id": uid, "role": "user"} for uid in user_ids]
-        if not members:
-            return
+    async def member_add(self, team_id: str, user_ids: Iterable[str] | Callable[[], Iterable[str]]) -> None:
+        """Adds members with role ``user``; members already in the team count as success.
+
+        ``user_ids`` may be a function: it is called once a membership slot is free, so members that
+        became ready while the call queued behind other teams' additions go in the same call."""
         try:
             async with self._member_limit:
+                chosen = user_ids() if callable(user_ids) else user_ids
+                members = [{"user_id": uid, "role": "user"} for uid in chosen]
+                if not members:
+                    return
                 await self.call("POST", "/team/member_add", body={"team_id": team_id, "member": members})
         except LiteLLMError as exc:
             if exc.kind != "team_member_already_in_team":

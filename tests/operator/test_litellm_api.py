@@ -4,6 +4,7 @@ against the real proxy below, so the parser cannot drift from what LiteLLM reall
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -156,3 +157,33 @@ async def test_unreachable_proxy_is_a_transient_error() -> None:
         await client.close()
     assert err.value.status == 0 and err.value.transient
     assert "LiteLLM unreachable" in str(err.value)
+
+
+@pytest.mark.litellm
+async def test_members_chosen_by_a_function_are_read_when_the_call_gets_its_slot(api: LiteLLM) -> None:
+    """A team's addition that queues behind others takes the members that became ready meanwhile."""
+    uids = [f"api-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    for uid in uids:
+        await api.user_new({"user_id": uid})
+    team = f"team-{uids[0]}"
+    await api.team_new({"team_id": team})
+    ready = [uids[0]]
+    # Every membership slot busy (as during a bulk provisioning): the call below has to queue.
+    slots = api._member_limit
+    held = 0
+    while not slots.locked():
+        await slots.acquire()
+        held += 1
+    queued = asyncio.create_task(api.member_add(team, lambda: list(ready)))
+    await asyncio.sleep(0.05)
+    ready += uids[1:]  # became ready while the call waited
+    for _ in range(held):
+        slots.release()
+    await queued
+
+    info = await api.team_info(team)
+    assert info is not None
+    assert sorted(m["user_id"] for m in info["members_with_roles"]) == sorted(uids)
+    assert await api.team_delete(team) is True
+    for uid in uids:
+        await api.user_delete(uid)
