@@ -131,6 +131,7 @@ class ScimUserStatus(_Model):
     observedGeneration: int | None = None
     lastSyncTime: str | None = None
     groups: int | None = None
+    handledConfiguration: str | None = None
     litellm: LiteLLMUserRef | None = None
     conditions: list[Condition] | None = None
 
@@ -145,6 +146,7 @@ class ScimGroupStatus(_Model):
     lastSyncTime: str | None = None
     members: int | None = None
     policy: str | None = None
+    handledConfiguration: str | None = None
     keys: GroupKeys | None = None
     litellm: LiteLLMTeamRef | None = None
     conditions: list[Condition] | None = None

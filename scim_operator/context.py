@@ -11,6 +11,7 @@ import kopf
 from litellm_scim.settings import OperatorSettings
 from scim_contract import ResourceKind
 from scim_operator import metrics
+from scim_operator.bookkeeping import StatusDiffBase
 from scim_operator.litellm_api import LiteLLM, LiteLLMError
 from scim_operator.objects import failed_status
 from scim_operator.resources import Resources, emit
@@ -23,6 +24,7 @@ class Operator:
     litellm: LiteLLM
     resources: Resources
     memory: Memory
+    diffbase: StatusDiffBase
 
     @property
     def namespace(self) -> str:

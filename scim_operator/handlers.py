@@ -100,7 +100,6 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
     @kopf.on.update(API_GROUP, VERSION, USER.plural, id="user-update", field="spec", registry=registry)
     async def user_changed(body: kopf.Body, retry: int, **kw: Any) -> None:
         await users.reconcile(op, view(kw), body, retry)
-        await policy_handlers.user_keys(op, view(kw), body["metadata"]["name"])
 
     @kopf.on.delete(API_GROUP, VERSION, USER.plural, id="user-delete", registry=registry)
     async def user_deleted(body: kopf.Body, retry: int, **kw: Any) -> None:

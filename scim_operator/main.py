@@ -21,6 +21,7 @@ from litellm_scim.logs import setup_logging
 from litellm_scim.settings import OperatorSettings
 from scim_contract import API_GROUP
 from scim_operator import metrics
+from scim_operator.bookkeeping import StatusDiffBase
 from scim_operator.context import Operator
 from scim_operator.handlers import build_registry
 from scim_operator.litellm_api import LiteLLM
@@ -84,13 +85,14 @@ async def ensure_peering(api: client.ApiClient, settings: OperatorSettings) -> N
             raise
 
 
-def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
+def kopf_settings(settings: OperatorSettings, diffbase: StatusDiffBase) -> kopf.OperatorSettings:
     ks = kopf.OperatorSettings()
     ks.persistence.finalizer = FINALIZER
-    # Annotations only: the CRD status schemas are the project's contract, Kopf's own status
-    # fields would be pruned by the API server anyway.
-    ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
-    ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX)
+    # Kopf's progress in annotations: the CRD status schemas are the project's contract, and
+    # Kopf's own status fields would be pruned by the API server anyway. The last handled spec is
+    # the one status field declared for it (see bookkeeping).
+    ks.persistence.progress_storage = diffbase.progress
+    ks.persistence.diffbase_storage = diffbase
     # Only Kopf's warnings and errors become Kubernetes Events; our own changes are posted explicitly.
     ks.posting.level = logging.WARNING
     ks.watching.server_timeout = 300
@@ -122,7 +124,11 @@ async def operate(settings: OperatorSettings, *, stop_flag: Any = None, ready_fl
             concurrency=settings.litellm_concurrency,
         )
         op = Operator(
-            settings=settings, litellm=litellm, resources=Resources(api, settings.namespace), memory=Memory()
+            settings=settings,
+            litellm=litellm,
+            resources=Resources(api, settings.namespace),
+            memory=Memory(),
+            diffbase=StatusDiffBase(prefix=ANNOTATION_PREFIX),
         )
         metrics.track_managed(lambda: len(op.memory.ready_users), lambda: len(op.memory.teams))
         metrics.serve(settings.metrics_port)
@@ -141,7 +147,7 @@ async def operate(settings: OperatorSettings, *, stop_flag: Any = None, ready_fl
         )
         await kopf.operator(
             registry=build_registry(op),
-            settings=kopf_settings(settings),
+            settings=kopf_settings(settings, op.diffbase),
             namespaces=[settings.namespace],
             standalone=settings.standalone,
             peering_name=None if settings.standalone else settings.peering,

@@ -14,7 +14,7 @@ import kopf
 from pydantic import ValidationError
 
 from scim_contract import USER, ScimUserSpec
-from scim_operator import groups, metrics
+from scim_operator import groups, metrics, policy_handlers
 from scim_operator.context import NotOwned, Operator, failure_reason, reconcile_failed, retry_later
 from scim_operator.litellm_api import LiteLLMError
 from scim_operator.objects import (
@@ -192,6 +192,8 @@ async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
     """The create/update/resume handler of a ScimUser."""
     name = body["metadata"]["name"]
     spec = _spec(body)
+    if op.diffbase.superseded(body):
+        return
     async with op.memory.lock("user", name):
         status = dict(body.get("status") or {})
         try:
@@ -199,7 +201,15 @@ async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
         except (NotOwned, LiteLLMError) as exc:
             await reconcile_failed(op, USER, "user", body, exc, retry)
             return
-        await op.resources.update_status(USER, name, lambda st, o: _status_ok(st, o, out, view, name))
+        # Members' personal keys follow the user before the status records this spec as handled:
+        # after that write Kopf no longer sees a change to retry.
+        await policy_handlers.user_keys(op, view, name)
+        handled = op.diffbase.handled(body)
+        written = await op.resources.update_status(
+            USER, name, lambda st, o: {**_status_ok(st, o, out, view, name), **handled}
+        )
+        if written is not None:
+            op.diffbase.recorded(body, handled)
         metrics.RECONCILES.labels("user", "ok").inc()
         for reason, message in out.events:
             emit(body, reason, message)
@@ -208,6 +218,7 @@ async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
 async def delete(op: Operator, body: Any, retry: int) -> None:
     """Deletion handler (behind the finalizer): keys deleted first, then the user."""
     name = body["metadata"]["name"]
+    op.diffbase.forget(body)
     op.memory.deleting_users.add(name)
     op.memory.ready_users.pop(name, None)
     user_id = (body.get("status") or {}).get("litellm", {}).get("userId") or user_id_for(name)
