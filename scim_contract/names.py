@@ -26,6 +26,11 @@ SHARD = ResourceKind("ScimMemberShard", "scimmembershards")
 CLAIM = ResourceKind("ScimNameClaim", "scimnameclaims")
 POLICY = ResourceKind("ScimTeamPolicy", "scimteampolicies")
 
+# The operator's finalizer on ScimUsers and ScimGroups: LiteLLM access is removed before the
+# resource goes. The endpoint creates both with it already set, which spares the operator a write
+# and a processing cycle per new object; without an operator a deleted resource therefore stays
+# Terminating (to SCIM clients it is gone at once).
+FINALIZER = f"{API_GROUP}/litellm-cleanup"
 # Label on every ScimMemberShard: the name of the ScimGroup it belongs to.
 LABEL_GROUP = f"{API_GROUP}/group"
 # RFC 3339 time of the last SCIM write to a resource (meta.lastModified); creation time is

@@ -40,6 +40,7 @@ from scim_contract import (
     API_GROUP,
     API_VERSION,
     CLAIM,
+    FINALIZER,
     GROUP,
     LABEL_GROUP,
     SHARD,
@@ -620,6 +621,8 @@ class Store:
             metadata = dict(base["metadata"])
         if kind in (USER.kind, GROUP.kind):
             metadata["annotations"] = {**(metadata.get("annotations") or {}), ANNOTATION_LAST_MODIFIED: now_rfc3339()}
+            if base is None:
+                metadata["finalizers"] = [FINALIZER]
         return {"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "spec": spec}
 
     async def _get(self, plural: str, name: str) -> Obj | None:

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from litellm_scim import kube
 from litellm_scim.logs import setup_logging
 from litellm_scim.settings import OperatorSettings
-from scim_contract import API_GROUP
+from scim_contract import API_GROUP, FINALIZER
 from scim_operator import metrics
 from scim_operator.bookkeeping import StatusDiffBase
 from scim_operator.context import Operator
@@ -31,7 +31,6 @@ from scim_operator.state import Memory
 log = logging.getLogger(__name__)
 
 PEERING_CRD = Path(__file__).with_name("peering.yaml")
-FINALIZER = f"{API_GROUP}/litellm-cleanup"
 # Kopf's bookkeeping annotations live under the operator's own prefix, next to the endpoint's.
 ANNOTATION_PREFIX = f"operator.{API_GROUP}"
 

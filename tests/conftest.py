@@ -18,6 +18,7 @@ import pytest
 from kubernetes_asyncio import client
 
 from litellm_scim import kube, peers
+from scim_contract import API_GROUP, FINALIZER, GROUP, USER, VERSION
 
 # The operator tests' fixtures (tests/operator/operator_fixtures.py) are a plugin rather than a second
 # conftest.py, so `from conftest import ...` in other test folders keeps meaning this tree's own file.
@@ -62,6 +63,19 @@ async def namespace(kube_api: client.ApiClient) -> AsyncIterator[str]:
     name = f"t-{uuid.uuid4().hex[:10]}"
     await kube.ensure_namespace(kube_api, name)
     yield name
+    # ScimUsers and ScimGroups carry the operator's finalizer from their creation; with no operator
+    # left to remove it, a real cluster would keep the namespace Terminating.
+    objects = client.CustomObjectsApi(kube_api)
+    for kind in (USER, GROUP):
+        with contextlib.suppress(client.exceptions.ApiException):
+            listing = await objects.list_namespaced_custom_object(API_GROUP, VERSION, name, kind.plural)
+            for obj in listing["items"]:
+                held = obj["metadata"].get("finalizers") or []
+                if FINALIZER in held:
+                    await objects.patch_namespaced_custom_object(
+                        API_GROUP, VERSION, name, kind.plural, obj["metadata"]["name"],
+                        {"metadata": {"finalizers": [f for f in held if f != FINALIZER]}},
+                        _content_type="application/merge-patch+json")
     # The test API server has no garbage collector; a namespace per test keeps runs independent anyway.
     with contextlib.suppress(client.exceptions.ApiException):
         await client.CoreV1Api(kube_api).delete_namespace(name)

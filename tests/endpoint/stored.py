@@ -28,12 +28,17 @@ async def list_objects(api: client.ApiClient, namespace: str, plural: str, **kwa
     return items
 
 
+def _live(obj: dict[str, Any] | None) -> dict[str, Any] | None:
+    """None for a deleted resource, also one the operator's finalizer still holds (Terminating)."""
+    return None if obj is None or obj["metadata"].get("deletionTimestamp") else obj
+
+
 async def stored_user(api: client.ApiClient, namespace: str, uid: str) -> dict[str, Any] | None:
-    return await get_object(api, namespace, USER.plural, uid)
+    return _live(await get_object(api, namespace, USER.plural, uid))
 
 
 async def stored_group(api: client.ApiClient, namespace: str, gid: str) -> dict[str, Any] | None:
-    return await get_object(api, namespace, GROUP.plural, gid)
+    return _live(await get_object(api, namespace, GROUP.plural, gid))
 
 
 async def stored_shards(api: client.ApiClient, namespace: str, gid: str) -> list[dict[str, Any]]:

@@ -6,11 +6,10 @@ import json
 from typing import Any
 
 import pytest
-from kubernetes_asyncio import client
 from scim_http import ENTERPRISE, GROUP, SCIM, USER, Scim, assert_error, patch_body, user_body
-from stored import stored_claims, stored_group, stored_members, stored_shards, stored_user
+from stored import get_object, stored_claims, stored_group, stored_members, stored_shards, stored_user
 
-from scim_contract import API_GROUP, SHARDS, VERSION, claim_name, shard_name, shard_of
+from scim_contract import FINALIZER, SHARDS, claim_name, shard_name, shard_of
 from scim_contract import USER as USER_KIND
 
 
@@ -297,14 +296,13 @@ async def test_api_server_failures_are_503_scim_errors(kubeconfig: str, namespac
 
 
 async def test_a_user_held_by_a_finalizer_is_gone_for_scim_clients(scim: Scim) -> None:
-    """The operator keeps a deleted ScimUser until LiteLLM access is removed; SCIM must not show it."""
+    """The operator keeps a deleted ScimUser until LiteLLM access is removed (the endpoint creates it
+    with the operator's finalizer; no operator runs here); SCIM must not show it."""
     uid = (await scim.post("/Users", user_body("fin@example.com"))).body["id"]
-    await client.CustomObjectsApi(scim.api).patch_namespaced_custom_object(
-        API_GROUP, VERSION, scim.namespace, USER_KIND.plural, uid, {"metadata": {"finalizers": ["example.com/hold"]}},
-        _content_type="application/merge-patch+json")
     assert (await scim.delete(f"/Users/{uid}")).status == 204
-    held = await stored_user(scim.api, scim.namespace, uid)
+    held = await get_object(scim.api, scim.namespace, USER_KIND.plural, uid)
     assert held is not None and held["metadata"].get("deletionTimestamp")
+    assert held["metadata"]["finalizers"] == [FINALIZER]
     assert_error(await scim.get(f"/Users/{uid}"), 404)
     listed = await scim.get('/Users?filter=userName eq "fin@example.com"')
     assert listed.status == 200 and listed.body["totalResults"] == 0

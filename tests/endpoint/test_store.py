@@ -9,10 +9,21 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from kubernetes_asyncio import client
-from stored import stored_claims, stored_group, stored_members, stored_shards, stored_user
+from stored import get_object, stored_claims, stored_group, stored_members, stored_shards, stored_user
 
 from litellm_scim import kube
-from scim_contract import API_GROUP, API_VERSION, CLAIM, SHARDS, VERSION, claim_name, shard_name, shard_of
+from scim_contract import (
+    API_GROUP,
+    API_VERSION,
+    CLAIM,
+    FINALIZER,
+    SHARDS,
+    USER,
+    VERSION,
+    claim_name,
+    shard_name,
+    shard_of,
+)
 from scim_endpoint.errors import ScimError
 from scim_endpoint.store import ANNOTATION_CLAIMED_AT, Store
 
@@ -131,8 +142,13 @@ async def test_delete_user_removes_claim_and_memberships(store: Store, kube_api:
     group = await store.create_group({"displayName": "Team"}, [{"value": user.id, "type": "User"},
                                                               {"value": other.id, "type": "User"}])
     assert await stored_members(kube_api, namespace, group.id) == {user.id, other.id}
+    # Created with the operator's finalizer: LiteLLM access goes before the resource does.
+    assert (await stored_user(kube_api, namespace, user.id) or {})["metadata"]["finalizers"] == [FINALIZER]
+    assert (await stored_group(kube_api, namespace, group.id) or {})["metadata"]["finalizers"] == [FINALIZER]
     await store.delete_user(user)
     assert await stored_user(kube_api, namespace, user.id) is None
+    held = await get_object(kube_api, namespace, USER.plural, user.id)
+    assert held is not None and held["metadata"]["deletionTimestamp"]  # Terminating until the operator is done
     assert await stored_members(kube_api, namespace, group.id) == {other.id}
     assert [c["spec"]["owner"] for c in await stored_claims(kube_api, namespace)
             if c["spec"]["resourceKind"] == "User"] == [other.id]
