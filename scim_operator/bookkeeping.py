@@ -12,6 +12,7 @@ progress (a retry)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -23,6 +24,11 @@ FIELD = "handledConfiguration"
 
 def _encode(essence: Any) -> str:
     return json.dumps(essence, separators=(",", ":"), sort_keys=True)
+
+
+def _digest(encoded: str) -> bytes:
+    # Remembered per object for the operator's lifetime: 16 bytes instead of the whole spec.
+    return hashlib.blake2b(encoded.encode(), digest_size=16).digest()
 
 
 class Progress(kopf.AnnotationsProgressStorage):
@@ -48,9 +54,9 @@ class StatusDiffBase(kopf.AnnotationsDiffBaseStorage):
         super().__init__(prefix=prefix)
         self.progress = Progress(prefix=prefix)
         # uid -> essence a handler is writing into the status in this cycle, for store() to skip.
-        self._pending: dict[str, str] = {}
+        self._pending: dict[str, bytes] = {}
         # uid -> essence a handler's status write last recorded as handled.
-        self._recorded: dict[str, str] = {}
+        self._recorded: dict[str, bytes] = {}
 
     def fetch(self, *, body: kopf.Body) -> Any:
         encoded = (body.get("status") or {}).get(FIELD)
@@ -63,7 +69,7 @@ class StatusDiffBase(kopf.AnnotationsDiffBaseStorage):
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
         encoded = _encode(essence)
-        if self._pending.pop(_uid(body), None) == encoded:
+        if self._pending.pop(_uid(body), None) == _digest(encoded):
             return
         patch.status[FIELD] = encoded
 
@@ -82,12 +88,12 @@ class StatusDiffBase(kopf.AnnotationsDiffBaseStorage):
         old = self.fetch(body=body)
         if old is not None and _encode(self.progress.clear(essence=old)) == new:
             return {}  # nothing changed (a resume): Kopf will not call store()
-        self._pending[_uid(body)] = new
+        self._pending[_uid(body)] = _digest(new)
         return {FIELD: new}
 
     def recorded(self, body: kopf.Body, fields: dict[str, str]) -> None:
         if FIELD in fields:
-            self._recorded[_uid(body)] = fields[FIELD]
+            self._recorded[_uid(body)] = _digest(fields[FIELD])
 
     def superseded(self, body: kopf.Body) -> bool:
         """True when ``body`` is a copy from before the handler's own status write of this very spec.
@@ -96,7 +102,7 @@ class StatusDiffBase(kopf.AnnotationsDiffBaseStorage):
         for: a status write made while the handler ran (the intent record of a deactivation, another
         writer's) can reach it after the handler finished, still without the handled essence. There
         is nothing left to do for it; store() is told to skip."""
-        new = self._essence(body)
+        new = _digest(self._essence(body))
         if self._recorded.get(_uid(body)) != new:
             return False
         self._pending[_uid(body)] = new
