@@ -73,10 +73,14 @@ class StatusDiffBase(kopf.AnnotationsDiffBaseStorage):
             return
         patch.status[FIELD] = encoded
 
+    def _canonical(self, essence: Any) -> str:
+        # Cleared of progress the way Kopf clears both essences it compares.
+        return _encode(self.progress.clear(essence=essence))
+
     def _essence(self, body: kopf.Body) -> str:
         # Built the way Kopf builds the essence it passes to store(); should the two ever differ,
         # store() writes its own and only the saved request is lost.
-        return _encode(self.progress.clear(essence=self.build(body=body)))
+        return self._canonical(self.build(body=body))
 
     def handled(self, body: kopf.Body) -> dict[str, str]:
         """The status fields that record ``body`` as handled, for the handler's own status write.
@@ -86,7 +90,7 @@ class StatusDiffBase(kopf.AnnotationsDiffBaseStorage):
         write succeeded."""
         new = self._essence(body)
         old = self.fetch(body=body)
-        if old is not None and _encode(self.progress.clear(essence=old)) == new:
+        if old is not None and self._canonical(old) == new:
             return {}  # nothing changed (a resume): Kopf will not call store()
         self._pending[_uid(body)] = _digest(new)
         return {FIELD: new}

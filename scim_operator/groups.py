@@ -100,8 +100,8 @@ async def _add_chunk(op: Operator, team_id: str, choose: Callable[[], list[str]]
             extra={"fields": {"team": team_id, "members": len(sent), "error": exc.message[:200]}},
         )
         head, tail = sent[: len(sent) // 2], sent[len(sent) // 2 :]
-        await _add_chunk(op, team_id, lambda: head)
-        await _add_chunk(op, team_id, lambda: tail)
+        await _add_chunk(op, team_id, functools.partial(list, head))
+        await _add_chunk(op, team_id, functools.partial(list, tail))
 
 
 async def remove_members(op: Operator, team_id: str, user_ids: list[str]) -> None:
