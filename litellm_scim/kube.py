@@ -12,6 +12,9 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 CRD_DIR = Path(__file__).resolve().parent.parent / "crds"
+# Kopf's KopfPeering CRD, as the chart ships it (a sub-chart, so it can be left out where another
+# Kopf operator installed it already).
+PEERING_CRD_DIR = CRD_DIR.parent / "charts" / "litellm-scim-operator" / "charts" / "kopf-peering" / "crds"
 
 
 async def api_client(kubeconfig: str | None = None) -> client.ApiClient:
@@ -24,10 +27,12 @@ async def api_client(kubeconfig: str | None = None) -> client.ApiClient:
     return client.ApiClient(configuration=cfg)
 
 
-def crd_manifests(directory: Path = CRD_DIR) -> list[dict[str, Any]]:
+def crd_manifests(*directories: Path) -> list[dict[str, Any]]:
+    """The CRDs in the given folders (default: the project's own and Kopf's peering CRD)."""
     docs: list[dict[str, Any]] = []
-    for path in sorted(directory.glob("*.yaml")):
-        docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+    for directory in directories or (CRD_DIR, PEERING_CRD_DIR):
+        for path in sorted(directory.glob("*.yaml")):
+            docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
     return docs
 
 

@@ -7,11 +7,9 @@ import base64
 import logging
 import os
 import random
-from pathlib import Path
 from typing import Any
 
 import kopf
-import yaml
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import SecretStr
@@ -30,7 +28,6 @@ from scim_operator.state import Memory
 
 log = logging.getLogger(__name__)
 
-PEERING_CRD = Path(__file__).with_name("peering.yaml")
 # Kopf's bookkeeping annotations live under the operator's own prefix, next to the endpoint's.
 ANNOTATION_PREFIX = f"operator.{API_GROUP}"
 
@@ -61,27 +58,25 @@ async def master_key(settings: OperatorSettings, api: client.ApiClient) -> Secre
     return SecretStr(base64.b64decode(value).decode().strip())
 
 
-async def ensure_peering(api: client.ApiClient, settings: OperatorSettings) -> None:
-    """Install Kopf's KopfPeering CRD and this operator's peering object, when permitted."""
-    crd = yaml.safe_load(PEERING_CRD.read_text())
+async def check_peering(api: client.ApiClient, settings: OperatorSettings) -> None:
+    """The KopfPeering object must exist before the replicas start: Kopf does not create it, and a
+    replica that finds none believes it is alone, so two replicas would both act. The chart (or
+    ``litellm-scim dev``) creates it; the operator only reads it, with the chart's permissions."""
     try:
-        await kube.apply_crds(api, [crd])
-    except ApiException as exc:
-        if exc.status not in (401, 403):
-            raise
-        log.info("cannot install the KopfPeering CRD (no permission); expecting it to be installed")
-    body = {
-        "apiVersion": "kopf.dev/v1",
-        "kind": "KopfPeering",
-        "metadata": {"name": settings.peering, "namespace": settings.namespace},
-    }
-    try:
-        await client.CustomObjectsApi(api).create_namespaced_custom_object(
-            "kopf.dev", "v1", settings.namespace, "kopfpeerings", body
+        await client.CustomObjectsApi(api).get_namespaced_custom_object(
+            "kopf.dev", "v1", settings.namespace, "kopfpeerings", settings.peering
         )
     except ApiException as exc:
-        if exc.status not in (409, 403):
-            raise
+        if exc.status == 404:
+            raise ConfigurationError(
+                f"KopfPeering {settings.namespace}/{settings.peering} not found (is Kopf's KopfPeering CRD "
+                "installed?): the Helm chart creates both; or run with --standalone"
+            ) from None
+        if exc.status == 403:
+            raise ConfigurationError(
+                f"cannot get kopfpeerings {settings.peering!r} in namespace {settings.namespace}: forbidden"
+            ) from None
+        raise
 
 
 def kopf_settings(settings: OperatorSettings, diffbase: StatusDiffBase) -> kopf.OperatorSettings:
@@ -99,6 +94,9 @@ def kopf_settings(settings: OperatorSettings, diffbase: StatusDiffBase) -> kopf.
     ks.watching.connect_timeout = 10
     ks.networking.request_timeout = 60
     ks.peering.lifetime = settings.peering_lifetime
+    # One namespace, named: nothing to discover. Scanning would list namespaces and CRDs cluster-wide,
+    # which the chart's namespaced Roles (rightly) do not allow.
+    ks.scanning.disabled = True
     return ks
 
 
@@ -111,11 +109,11 @@ async def operate(settings: OperatorSettings, *, stop_flag: Any = None, ready_fl
     try:
         try:
             key = await master_key(settings, api)
+            if not settings.standalone:
+                await check_peering(api, settings)
         except ConfigurationError as exc:
             log.error(str(exc))
             return 2
-        if not settings.standalone:
-            await ensure_peering(api, settings)
         litellm = LiteLLM(
             settings.litellm_url,
             key,

@@ -13,7 +13,7 @@ from litellm_scim import kube
 
 
 def _schema(kind: str) -> dict[str, Any]:
-    for crd in kube.crd_manifests():
+    for crd in kube.crd_manifests(kube.CRD_DIR):
         if crd["spec"]["names"]["kind"] == kind:
             return dict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
     raise AssertionError(f"no CRD for {kind}")

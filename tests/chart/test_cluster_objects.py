@@ -27,12 +27,6 @@ def test_chart_crds_are_byte_identical_to_the_top_level_crds() -> None:
         assert chart[name] == content, f"charts/litellm-scim-operator/crds/{name} differs from crds/{name}"
 
 
-def test_kopf_peering_crd_is_the_one_the_operator_applies() -> None:
-    chart_copy = PEERING_CRDS / "kopfpeerings.yaml"
-    operator_copy = REPO / "scim_operator" / "peering.yaml"
-    assert chart_copy.read_bytes() == operator_copy.read_bytes(), f"run: cp {operator_copy} {chart_copy}"
-
-
 def test_kopf_peering_crd_is_kept_apart_and_optional(render: Render) -> None:
     """Kopf's CRD ships in the bundled subchart, so the project's crds/ stay the contract only."""
     names = {d["metadata"]["name"] for d in kube.crd_manifests(PEERING_CRDS)}

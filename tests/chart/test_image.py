@@ -94,7 +94,7 @@ def test_dockerignore_keeps_the_context_to_what_the_build_copies() -> None:
 
 @pytest.mark.slow
 def test_installed_wheel_carries_the_data_files_the_code_reads(wheel_venv: Path) -> None:
-    """E.g. the operator applies scim_operator/peering.yaml at start-up; the image has only the wheel."""
+    """Files other than Python sources that the packages hold must reach the image, which has only the wheel."""
     packages = ["litellm_scim", "scim_contract", "scim_endpoint", "scim_operator"]
     data = sorted(str(p.relative_to(REPO)) for pkg in packages for p in (REPO / pkg).rglob("*")
                   if p.is_file() and p.suffix not in {".py", ".pyc"} and "__pycache__" not in p.parts)
