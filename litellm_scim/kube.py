@@ -67,6 +67,19 @@ async def apply_crds(api: client.ApiClient, manifests: list[dict[str, Any]] | No
             await asyncio.sleep(0.1)
 
 
+def refusal(exc: ApiException, verb: str, resource: str, *, namespace: str | None = None,
+            name: str | None = None) -> str:
+    """One line saying which request the API server refused and why, e.g.
+    ``cannot list secrets in namespace apps (forbidden)`` — never the request or response body."""
+    target = f'{resource} "{name}"' if name else resource
+    where = f" in namespace {namespace}" if namespace else " at cluster scope"
+    if exc.status == 403:
+        return f"cannot {verb} {target}{where} (forbidden)"
+    if exc.status == 401:
+        return f"cannot {verb} {target}{where} (credentials rejected)"
+    return f"cannot {verb} {target}{where}: HTTP {exc.status} {exc.reason or ''}".rstrip()
+
+
 async def ensure_namespace(api: client.ApiClient, namespace: str) -> None:
     core = client.CoreV1Api(api)
     try:

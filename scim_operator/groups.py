@@ -350,9 +350,13 @@ async def delete(op: Operator, view: View, body: Any, retry: int) -> None:
     )
     try:
         # The group is gone: so are the keys it gave out, whatever happens to the team.
-        await keys.revoke_group(op, name, body)
+        left = await keys.revoke_group(op, name, body, policy)
     except LiteLLMError as exc:
         raise retry_later(exc, retry) from None
+    for problem in left:
+        # Not worth holding the group for: the keys in these Secrets are deleted in LiteLLM already.
+        emit(body, problem.reason, f"key Secrets not removed, their keys are deleted in LiteLLM: {problem}",
+             warning=True)
     op.memory.group_policies.pop(name, None)
     op.memory.key_failures.pop(name, None)
     if not team_id:

@@ -20,6 +20,7 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from litellm_scim import kube
 from scim_contract import GROUP, KeySpec
 from scim_operator import key_secrets as ks
 from scim_operator.context import Operator
@@ -31,8 +32,17 @@ from scim_operator.state import Memory, View
 log = logging.getLogger(__name__)
 
 
+FORBIDDEN = "Forbidden"
+DELIVERY_FAILED = "KeyDeliveryFailed"
+
+
 class KeyDeliveryError(Exception):
-    """A key could not be delivered (Secret not writable, alias held by someone else)."""
+    """A key could not be delivered (Secret not writable, alias held by someone else). ``reason`` is
+    the condition reason: ``Forbidden`` when RBAC refused the Secret request."""
+
+    def __init__(self, message: str, reason: str = DELIVERY_FAILED) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 Events = list[tuple[str, str]]
@@ -47,6 +57,19 @@ def _specs(policy: Policy | None) -> tuple[KeySpec | None, KeySpec | None]:
 
 def _namespaces(op: Operator, spec: KeySpec) -> list[str]:
     return sorted(set(spec.secretNamespaces or [op.namespace]))
+
+
+def key_namespaces(op: Operator, group: str, policy: Policy | None, recorded: Iterable[str] = ()) -> set[str]:
+    """Where the group's key Secrets can be: where the policy delivers them, where the group's status
+    says they were delivered, and where this process delivered them. Nowhere else: the chart grants
+    Secret access only in the namespaces keys are delivered to, not in the operator's own."""
+    member, team = _specs(policy)
+    wanted = {ns for spec in (member, team) if spec is not None for ns in _namespaces(op, spec)}
+    return wanted | set(recorded) | {ns for ns, _ in op.memory.group_keys.get(group) or ()}
+
+
+def recorded_namespaces(body: Any) -> list[str]:
+    return list(((body.get("status") or {}).get("keys") or {}).get("namespaces") or [])
 
 
 def desired_keys(
@@ -79,7 +102,8 @@ def keys_condition(
     be delivered (the Events name each Secret)."""
     failure = memory.key_failures.get(group)
     if failure is not None:
-        return set_condition(conditions, "KeysDelivered", False, "KeyDeliveryFailed", failure, generation)
+        reason, message = failure
+        return set_condition(conditions, "KeysDelivered", False, reason, message, generation)
     if memory.group_keys.get(group) or any(c.get("type") == "KeysDelivered" for c in conditions or []):
         issued = len(memory.group_keys.get(group) or ())
         return set_condition(
@@ -98,9 +122,10 @@ def wants_member_keys(policy: Policy | None) -> bool:
 
 
 # ---- Secrets -------------------------------------------------------------------------------------
-def _failed(what: str, exc: ApiException) -> KeyDeliveryError:
-    # Only status and reason: the API server's error body may quote the request.
-    return KeyDeliveryError(f"{what}: HTTP {exc.status} {exc.reason or ''}".strip())
+def _refused(exc: ApiException, verb: str, namespace: str, name: str | None = None) -> KeyDeliveryError:
+    # Verb, resource and place only: the API server's error body may quote the request.
+    return KeyDeliveryError(kube.refusal(exc, verb, "secrets", namespace=namespace, name=name),
+                            FORBIDDEN if exc.status == 403 else DELIVERY_FAILED)
 
 
 async def list_delivered(
@@ -118,7 +143,7 @@ async def list_delivered(
         except ApiException as exc:
             if exc.status == 404:
                 continue
-            raise _failed(f"cannot list key Secrets in namespace {ns}", exc) from None
+            raise _refused(exc, "list", ns) from None
         for item in listing.items:
             delivered = ks.read(item.to_dict())
             if delivered is not None and delivered.ref.group == group:
@@ -130,22 +155,25 @@ async def _write(op: Operator, secret: dict[str, Any]) -> None:
     body: Any = secret  # the client sends a dict as it is
     ns, name = secret["metadata"]["namespace"], secret["metadata"]["name"]
     try:
-        try:
-            await op.resources.core.create_namespaced_secret(ns, body)
-            return
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
+        await op.resources.core.create_namespaced_secret(ns, body)
+        return
+    except ApiException as exc:
+        if exc.status != 409:
+            raise _refused(exc, "create", ns) from None
+    try:
         found = await op.resources.core.read_namespaced_secret(name, ns)
-        current, mine = ks.read(found.to_dict()), ks.read(secret)
-        if current is None or mine is None or current.ref != mine.ref:
-            # Someone else's Secret with our name: never overwrite it.
-            raise KeyDeliveryError(f"Secret {ns}/{name} exists and is not managed by this operator")
-        # Conditional on the version read: a concurrent writer makes this fail (409) instead of losing a key.
-        body = {**secret, "metadata": {**secret["metadata"], "resourceVersion": found.metadata.resource_version}}
+    except ApiException as exc:
+        raise _refused(exc, "get", ns, name) from None
+    current, mine = ks.read(found.to_dict()), ks.read(secret)
+    if current is None or mine is None or current.ref != mine.ref:
+        # Someone else's Secret with our name: never overwrite it.
+        raise KeyDeliveryError(f"Secret {ns}/{name} exists and is not managed by this operator")
+    # Conditional on the version read: a concurrent writer makes this fail (409) instead of losing a key.
+    body = {**secret, "metadata": {**secret["metadata"], "resourceVersion": found.metadata.resource_version}}
+    try:
         await op.resources.core.replace_namespaced_secret(name, ns, body)
     except ApiException as exc:
-        raise _failed(f"cannot write Secret {ns}/{name}", exc) from None
+        raise _refused(exc, "update", ns, name) from None
 
 
 async def _remove(op: Operator, ns: str, name: str) -> None:
@@ -153,7 +181,7 @@ async def _remove(op: Operator, ns: str, name: str) -> None:
         await op.resources.core.delete_namespaced_secret(name, ns)
     except ApiException as exc:
         if exc.status != 404:
-            raise _failed(f"cannot delete Secret {ns}/{name}", exc) from None
+            raise _refused(exc, "delete", ns, name) from None
 
 
 async def _set_retiring(op: Operator, d: ks.Delivered, items: list[ks.Retiring]) -> None:
@@ -162,16 +190,12 @@ async def _set_retiring(op: Operator, d: ks.Delivered, items: list[ks.Retiring])
         await op.resources.core.patch_namespaced_secret(d.name, d.ref.namespace, patch)
     except ApiException as exc:
         if exc.status != 404:
-            raise _failed(f"cannot update Secret {d.ref.namespace}/{d.name}", exc) from None
+            raise _refused(exc, "patch", d.ref.namespace, d.name) from None
 
 
 # ---- LiteLLM keys -------------------------------------------------------------------------------
 async def keys_with_alias(op: Operator, alias: str) -> list[dict[str, Any]]:
-    data = await op.litellm.call(
-        "GET", "/key/list", params={"key_alias": alias, "return_full_object": "true", "size": "100"}
-    )
-    keys = data.get("keys", []) if isinstance(data, dict) else []
-    return [k for k in keys if isinstance(k, dict) and k.get("key_alias") == alias]
+    return await op.litellm.list_keys(key_alias=alias)
 
 
 def _tag(op: Operator, ref: ks.KeyRef) -> str:
@@ -328,21 +352,30 @@ async def sync_group(
     if obj is None:
         return []
     request = str((obj["metadata"].get("annotations") or {}).get(ks.ANNOTATION_ROTATE) or "")
-    recorded = ((obj.get("status") or {}).get("keys") or {}).get("namespaces") or []
+    recorded = recorded_namespaces(obj)
     wanted = desired_keys(op, view, group, policy, only)
     if not wanted and not recorded and not op.memory.group_keys.get(group):
         return []  # no keys wanted, none given out: no Secret listing for groups without key policies
+    namespaces = key_namespaces(op, group, policy, recorded) | {r.namespace for r in wanted}
     delivered = op.memory.group_keys.setdefault(group, set())
-    namespaces = {op.namespace, *recorded, *(ns for ns, _ in delivered), *(r.namespace for r in wanted)}
     single = next(iter(only)) if only is not None and len(only) == 1 else None
-    existing = await list_delivered(op, namespaces, group, single)
+    failures: list[KeyDeliveryError] = []
+    events: Events = []
+    existing: list[ks.Delivered] = []
+    unreadable: set[str] = set()
+    for ns in sorted(namespaces):
+        try:
+            existing += await list_delivered(op, [ns], group, single)
+        except KeyDeliveryError as exc:
+            # Nothing is known about this namespace: its keys are neither issued nor revoked now.
+            unreadable.add(ns)
+            failures.append(exc)
+            events.append((exc.reason, str(exc)))
     if only is not None:
         existing = [d for d in existing if d.ref.user in only]
     else:
-        delivered.clear()
+        delivered.difference_update({item for item in delivered if item[0] not in unreadable})
     repair = op.memory.key_repairs.pop(group, set())
-    failures: list[str] = []
-    events: Events = []
     by_ref = {d.ref: d for d in existing}
     now = time.time()
     for gone in existing:
@@ -351,6 +384,8 @@ async def sync_group(
             delivered.discard((gone.ref.namespace, gone.name))
             events.append(("KeyRevoked", f"revoked {_describe(gone.ref)}: deleted in LiteLLM, Secret removed"))
     for ref, spec in sorted(wanted.items(), key=lambda item: (item[0].namespace, item[0].user or "")):
+        if ref.namespace in unreadable:
+            continue
         d = by_ref.get(ref)
         try:
             if d is None or d.key_hash is None or d.name in repair:
@@ -363,13 +398,13 @@ async def sync_group(
                                              f"{max(0.0, deadline - now):.0f}s more"))
         except KeyDeliveryError as exc:
             log.warning("key not delivered", extra={"fields": {"group": group, "error": str(exc)}})
-            events.append(("KeyDeliveryFailed", f"{_describe(ref)} not delivered: {exc}"))
-            failures.append(str(exc))
+            events.append((exc.reason, f"{_describe(ref)} not delivered: {exc}"))
+            failures.append(exc)
             continue
         delivered.add((ref.namespace, ks.secret_name(ref)))
     if failures:
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-        op.memory.key_failures[group] = failures[0] + more
+        op.memory.key_failures[group] = (failures[0].reason, f"{failures[0]}{more}")
     elif only is None:
         # Only a full sync knows that every key of the group is delivered.
         op.memory.key_failures.pop(group, None)
@@ -411,7 +446,7 @@ def _delete_later(op: Operator, group: str, deadline: float) -> None:
         await asyncio.sleep(max(0.0, deadline - time.time()) + 0.2)
         async with op.memory.lock("group", group):
             try:
-                await sweep(op, group, {ns for ns, _ in op.memory.group_keys.get(group) or ()} | {op.namespace})
+                await sweep(op, group, {ns for ns, _ in op.memory.group_keys.get(group) or ()})
             except (LiteLLMError, KeyDeliveryError) as exc:
                 log.warning("retired key not deleted yet", extra={"fields": {"group": group, "error": str(exc)}})
 
@@ -420,16 +455,25 @@ def _delete_later(op: Operator, group: str, deadline: float) -> None:
     task.add_done_callback(op.memory.background.discard)
 
 
-async def revoke_group(op: Operator, group: str, body: Any) -> None:
-    """The group is gone: every key it gave out is deleted, with its Secret."""
-    recorded = ((body.get("status") or {}).get("keys") or {}).get("namespaces") or []
-    namespaces = {op.namespace, *recorded, *(ns for ns, _ in op.memory.group_keys.get(group) or ())}
-    try:
-        for d in await list_delivered(op, namespaces, group):
-            await _revoke(op, d)
-    except KeyDeliveryError as exc:
-        raise LiteLLMError(0, str(exc), endpoint="secrets") from None
+async def revoke_group(op: Operator, group: str, body: Any, policy: Policy | None) -> list[KeyDeliveryError]:
+    """The group is gone: every key it gave out is deleted in LiteLLM first, found there by its team
+    and this group's ownership tag (so revocation never waits for a Secret that cannot be read), then
+    its Secrets are removed. Returns what could not be removed: Secrets left behind hold dead keys."""
+    team_id = ((body.get("status") or {}).get("litellm") or {}).get("teamId")
+    if team_id:
+        tag = owner_value(op.namespace, group)
+        owned = [k for k in await op.litellm.list_keys(team_id=str(team_id), urgent=True)
+                 if isinstance(k.get("metadata"), dict) and k["metadata"].get(op.settings.owner_tag) == tag]
+        await op.litellm.key_delete([str(k["token"]) for k in owned if k.get("token")])
+    left: list[KeyDeliveryError] = []
+    for ns in sorted(key_namespaces(op, group, policy, recorded_namespaces(body))):
+        try:
+            for d in await list_delivered(op, [ns], group):
+                await _revoke(op, d)
+        except KeyDeliveryError as exc:
+            left.append(exc)
     op.memory.group_keys.pop(group, None)
+    return left
 
 
 async def drift_of(op: Operator, group: str, policy: Policy | None, *, repair: bool) -> list[str]:
@@ -437,7 +481,7 @@ async def drift_of(op: Operator, group: str, policy: Policy | None, *, repair: b
     so the next sync of the group writes a new key into their Secret."""
     member, team = _specs(policy)
     spec_of = {k: s for k, s in ((ks.MEMBER, member), (ks.TEAM, team)) if s is not None}
-    namespaces = {op.namespace, *(ns for ns, _ in op.memory.group_keys.get(group) or ())}
+    namespaces = key_namespaces(op, group, policy)
     findings: list[str] = []
     broken: set[str] = set()
     try:

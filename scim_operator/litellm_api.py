@@ -269,22 +269,30 @@ class LiteLLM:
                 raise
 
     # ---- keys --------------------------------------------------------------------------------
-    async def user_keys(self, user_id: str) -> list[dict[str, Any]]:
-        """Every key of a user (hash in ``token``, ``blocked`` flag), all pages."""
+    async def list_keys(self, *, urgent: bool = False, **filters: str) -> list[dict[str, Any]]:
+        """Every key matching the ``/key/list`` filters (``user_id``, ``team_id``, ``key_alias``), all
+        pages, as full objects (hash in ``token``, ``blocked``, ``metadata``). Each key is checked
+        against the filters again: LiteLLM does not match every filter exactly."""
         keys: list[dict[str, Any]] = []
         page = 1
         while True:
             data = await self.call(
                 "GET",
                 "/key/list",
-                params={"user_id": user_id, "return_full_object": "true", "page": str(page), "size": "100"},
-                urgent=True,
+                params={**filters, "return_full_object": "true", "page": str(page), "size": "100"},
+                urgent=urgent,
             )
             batch = data.get("keys", []) if isinstance(data, dict) else []
-            keys.extend(k for k in batch if isinstance(k, dict) and k.get("user_id") == user_id)
-            if page >= int(data.get("total_pages") or 1) or not batch:
+            keys.extend(
+                k for k in batch if isinstance(k, dict) and all(k.get(f) == v for f, v in filters.items())
+            )
+            if not isinstance(data, dict) or page >= int(data.get("total_pages") or 1) or not batch:
                 return keys
             page += 1
+
+    async def user_keys(self, user_id: str) -> list[dict[str, Any]]:
+        """Every key of a user; listed to take access away, so it goes ahead of queued work."""
+        return await self.list_keys(user_id=user_id, urgent=True)
 
     async def key_block(self, key_hash: str) -> bool:
         """False when the key no longer exists."""

@@ -107,10 +107,10 @@ async def _key_tick(op: Operator, view: View, group: str, body: Any) -> float | 
     """Delete retired keys whose overlap ended and rotate keys that are due. Returns the epoch of the
     next thing to do, or None."""
     policy = _policy_of(view, group)
-    recorded = ((body.get("status") or {}).get("keys") or {}).get("namespaces") or []
+    recorded = keys.recorded_namespaces(body)
     if not keys.wants_keys(policy) and not recorded and not op.memory.group_keys.get(group):
         return None
-    namespaces = {op.namespace, *recorded, *(ns for ns, _ in op.memory.group_keys.get(group) or ())}
+    namespaces = keys.key_namespaces(op, group, policy, recorded)
     async with op.memory.lock("group", group):
         following = await keys.sweep(op, group, namespaces)
         existing = await keys.list_delivered(op, namespaces, group)

@@ -47,8 +47,9 @@ class Memory:
     group_policies: dict[str, tuple[str, int]] = field(default_factory=dict)
     # ScimGroup name -> (namespace, name) of the key Secrets delivered for it.
     group_keys: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
-    # ScimGroup name -> why some of its keys could not be delivered at the last sync.
-    key_failures: dict[str, str] = field(default_factory=dict)
+    # ScimGroup name -> (condition reason, message): why some of its keys could not be delivered at
+    # the last sync.
+    key_failures: dict[str, tuple[str, str]] = field(default_factory=dict)
     # ScimGroup name -> key Secrets whose key drifted in LiteLLM and gets replaced at the next sync.
     key_repairs: dict[str, set[str]] = field(default_factory=dict)
     # Users waiting to be added to a group's team in the next batch, and the task that adds them.
