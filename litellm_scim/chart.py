@@ -153,10 +153,12 @@ async def wait_until_allowed(api: client.ApiClient, user: str, *, verb: str, res
                              group: str = "", within: float = 10.0) -> None:
     """Wait until the authorizer has seen freshly written RBAC (a real cluster, too, applies a binding
     when its informer delivers it, not when the write returns)."""
+    plural, _, subresource = resource.partition("/")
     review: Any = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": {
         "user": user, "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}",
                                  "system:authenticated"],
-        "resourceAttributes": {"verb": verb, "resource": resource, "group": group, "namespace": namespace}}}
+        "resourceAttributes": {"verb": verb, "resource": plural, "subresource": subresource, "group": group,
+                               "namespace": namespace}}}
     authz = client.AuthorizationV1Api(api)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within

@@ -27,9 +27,12 @@ async def token(kube_api: client.ApiClient, namespace: str) -> str:
 
 
 @pytest.fixture
-async def scim(kube_api: client.ApiClient, namespace: str, token: str) -> AsyncIterator[Scim]:
-    store = Store(kube_api, namespace)
-    tokens = Tokens(kube_api, namespace, TOKEN_SECRET)
+async def scim(kube_api: client.ApiClient, endpoint_api: client.ApiClient, namespace: str,
+               token: str) -> AsyncIterator[Scim]:
+    """The app in-process, storing through the endpoint's ServiceAccount; ``Scim.api`` is the admin
+    client tests inspect with."""
+    store = Store(endpoint_api, namespace)
+    tokens = Tokens(endpoint_api, namespace, TOKEN_SECRET)
     store.start()
     tokens.start()
     await asyncio.wait_for(asyncio.gather(store.wait_ready(), tokens.informer.synced.wait()), 30)
@@ -41,9 +44,10 @@ async def scim(kube_api: client.ApiClient, namespace: str, token: str) -> AsyncI
 
 
 @pytest.fixture
-def endpoints(kubeconfig: str, namespace: str, token: str, tmp_path: Path) -> Iterator[list[EndpointProcess]]:
+def endpoints(endpoint_kubeconfig: str, namespace: str, token: str,
+              tmp_path: Path) -> Iterator[list[EndpointProcess]]:
     """Two endpoint processes (two replicas) on the same namespace."""
-    started = [start_endpoint(kubeconfig, namespace, tmp_path / f"endpoint-{i}.log") for i in range(2)]
+    started = [start_endpoint(endpoint_kubeconfig, namespace, tmp_path / f"endpoint-{i}.log") for i in range(2)]
     yield started
     for ep in started:
         stop_endpoint(ep)

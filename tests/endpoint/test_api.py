@@ -233,7 +233,8 @@ async def test_fifty_thousand_member_group_over_http(scim: Scim) -> None:
     assert listed.body["totalResults"] == 1 and "members" not in listed.body["Resources"][0]
 
 
-async def test_metrics_count_requests_by_route(kube_api: Any, namespace: str, token: str) -> None:
+async def test_metrics_count_requests_by_route(kube_api: Any, endpoint_api: Any, namespace: str,
+                                               token: str) -> None:
     from aiohttp.test_utils import TestClient, TestServer
     from scim_http import TOKEN_SECRET
 
@@ -242,7 +243,7 @@ async def test_metrics_count_requests_by_route(kube_api: Any, namespace: str, to
     from scim_endpoint.metrics import Metrics
     from scim_endpoint.store import Store
 
-    store, tokens = Store(kube_api, namespace), Tokens(kube_api, namespace, TOKEN_SECRET)
+    store, tokens = Store(endpoint_api, namespace), Tokens(endpoint_api, namespace, TOKEN_SECRET)
     store.start()
     tokens.start()
     await store.wait_ready()
@@ -267,7 +268,8 @@ async def test_metrics_count_requests_by_route(kube_api: Any, namespace: str, to
     assert token not in text
 
 
-async def test_api_server_failures_are_503_scim_errors(kubeconfig: str, namespace: str, token: str) -> None:
+async def test_api_server_failures_are_503_scim_errors(endpoint_kubeconfig: str, namespace: str,
+                                                       token: str) -> None:
     from aiohttp.test_utils import TestClient, TestServer
     from scim_http import TOKEN_SECRET
 
@@ -276,7 +278,7 @@ async def test_api_server_failures_are_503_scim_errors(kubeconfig: str, namespac
     from scim_endpoint.auth import Tokens
     from scim_endpoint.store import Store
 
-    api = await kube.api_client(kubeconfig)
+    api = await kube.api_client(endpoint_kubeconfig)
     async with api:
         store, tokens = Store(api, namespace), Tokens(api, namespace, TOKEN_SECRET)
         store.start()

@@ -24,11 +24,11 @@ def test_known_failures_each_give_a_reason() -> None:
 
 
 @pytest.mark.slow
-def test_conformance_suites_pass(kubeconfig: str, namespace: str, token: str, tmp_path: Path) -> None:
+def test_conformance_suites_pass(endpoint_kubeconfig: str, namespace: str, token: str, tmp_path: Path) -> None:
     runner = peers.shared_dir() / "conformance" / "run"
     if not runner.exists():
         pytest.skip(f"no conformance kit at {runner}")
-    endpoint = start_endpoint(kubeconfig, namespace, tmp_path / "endpoint.log")
+    endpoint = start_endpoint(endpoint_kubeconfig, namespace, tmp_path / "endpoint.log")
     try:
         done = subprocess.run(
             [str(runner), f"{endpoint.url}/scim/v2", token, str(tmp_path / "report")],

@@ -29,8 +29,8 @@ from scim_endpoint.store import ANNOTATION_CLAIMED_AT, Store
 
 
 @pytest.fixture
-async def store(kube_api: client.ApiClient, namespace: str) -> AsyncIterator[Store]:
-    s = Store(kube_api, namespace)
+async def store(endpoint_api: client.ApiClient, namespace: str) -> AsyncIterator[Store]:
+    s = Store(endpoint_api, namespace)
     s.start()
     await asyncio.wait_for(s.wait_ready(), 30)
     yield s
@@ -38,9 +38,9 @@ async def store(kube_api: client.ApiClient, namespace: str) -> AsyncIterator[Sto
 
 
 @pytest.fixture
-async def other_store(kubeconfig: str, namespace: str) -> AsyncIterator[Store]:
+async def other_store(endpoint_kubeconfig: str, namespace: str) -> AsyncIterator[Store]:
     """A second replica's storage: its own API connection and its own caches."""
-    api = await kube.api_client(kubeconfig)
+    api = await kube.api_client(endpoint_kubeconfig)
     async with api:
         s = Store(api, namespace)
         s.start()

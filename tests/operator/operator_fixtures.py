@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from kubernetes_asyncio import client
 from operator_helpers import Admin, Kube, OperatorProcess
+from product_access import ChartAccess
 
 from litellm_scim import peers
 
@@ -29,16 +30,17 @@ async def admin(litellm: peers.LiteLLM) -> AsyncIterator[Admin]:
 
 @pytest.fixture
 def start_operator(
-    namespace: str, kubeconfig: str, litellm: peers.LiteLLM, tmp_path: Path
+    namespace: str, chart_access: ChartAccess, litellm: peers.LiteLLM, tmp_path: Path
 ) -> Iterator[Callable[..., OperatorProcess]]:
-    """Start ``litellm-scim operator`` for the test's namespace; every one is stopped afterwards.
-    Keyword arguments become flags (``drift_policy="report"`` -> ``--drift-policy report``)."""
+    """Start ``litellm-scim operator`` for the test's namespace, as the chart's operator
+    ServiceAccount; every one is stopped afterwards. Keyword arguments become flags
+    (``drift_policy="report"`` -> ``--drift-policy report``)."""
     started: list[OperatorProcess] = []
 
     def start(litellm_url: str | None = None, **flags: str) -> OperatorProcess:
         extra = {k.replace("_", "-"): v for k, v in flags.items()}
         proc = OperatorProcess(
-            namespace=namespace, kubeconfig=kubeconfig, litellm_url=litellm_url or litellm.url,
+            namespace=namespace, kubeconfig=chart_access.operator_kubeconfig, litellm_url=litellm_url or litellm.url,
             master_key=litellm.master_key, log_path=tmp_path / f"operator-{len(started)}.log", extra=extra,
         )
         started.append(proc)

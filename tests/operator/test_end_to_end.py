@@ -27,8 +27,8 @@ async def scim_token(kube_api: client.ApiClient, namespace: str) -> str:
 
 
 @pytest.fixture
-def endpoint(namespace: str, kubeconfig: str, scim_token: str, tmp_path: Path) -> Iterator[str]:
-    ep = start_endpoint(kubeconfig, namespace, tmp_path / "endpoint.log")
+def endpoint(namespace: str, endpoint_kubeconfig: str, scim_token: str, tmp_path: Path) -> Iterator[str]:
+    ep = start_endpoint(endpoint_kubeconfig, namespace, tmp_path / "endpoint.log")
     try:
         yield f"{ep.url}/scim/v2"
     finally:

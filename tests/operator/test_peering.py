@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 from operator_helpers import Admin, Kube, OperatorProcess, eventually
+from product_access import ChartAccess
 
 import scim_contract as c
 
@@ -14,8 +15,10 @@ pytestmark = [pytest.mark.litellm, pytest.mark.slow]
 
 async def test_standby_replica_does_nothing_until_the_active_one_dies(
     start_operator: Callable[..., OperatorProcess], kube_rw: Kube, admin: Admin, ids: Callable[[str], str],
+    chart_access: ChartAccess,
 ) -> None:
-    peering = {"no-standalone": "", "peering": "scim-test", "peering_lifetime": "6"}
+    # The chart's KopfPeering object: its Role may heartbeat into that one only.
+    peering = {"no-standalone": "", "peering": chart_access.peering, "peering_lifetime": "6"}
     active = start_operator(peering_priority="200", **peering)
     standby = start_operator(peering_priority="100", **peering)
 

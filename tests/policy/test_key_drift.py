@@ -14,6 +14,12 @@ import scim_contract as c
 pytestmark = [pytest.mark.litellm, pytest.mark.slow]
 
 
+@pytest.fixture
+def key_secret_namespaces(namespace: str) -> list[str]:
+    """The chart is installed with key Secrets allowed where these tests' policies deliver them."""
+    return [namespace]
+
+
 async def _hash_of(admin: Admin, alias: str) -> str:
     status, data = await admin.get("/key/list", key_alias=alias, return_full_object="true")
     assert status == 200, data

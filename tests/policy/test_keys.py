@@ -15,6 +15,12 @@ from litellm_scim import kube
 pytestmark = [pytest.mark.litellm, pytest.mark.slow]
 
 
+@pytest.fixture
+def key_secret_namespaces(namespace: str) -> list[str]:
+    """The chart is installed with key Secrets allowed where these tests' policies deliver them."""
+    return [namespace, f"{namespace}-apps"]
+
+
 async def _users(kube: Kube, admin: Admin, names: list[str]) -> None:
     for name in names:
         await kube.create(c.USER, name, {"userName": f"{name}@example.com"})

@@ -14,6 +14,12 @@ from scim_operator.key_secrets import ANNOTATION_ROTATE
 pytestmark = [pytest.mark.litellm, pytest.mark.slow]
 
 
+@pytest.fixture
+def key_secret_namespaces(namespace: str) -> list[str]:
+    """The chart is installed with key Secrets allowed where these tests' policies deliver them."""
+    return [namespace]
+
+
 async def _rotate(kube: Kube, group: str, value: str) -> None:
     await kube.objects.patch_namespaced_custom_object(
         c.API_GROUP, c.VERSION, kube.ns, c.GROUP.plural, group,

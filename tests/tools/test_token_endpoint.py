@@ -20,8 +20,8 @@ CHANGE_WITHIN = 15.0  # generous for a loaded CI machine; the measured time is p
 
 
 @pytest.fixture
-def endpoint(tmp_path: Path, namespace: str, kubeconfig: str) -> Iterator[str]:
-    ep = start_endpoint(kubeconfig, namespace, tmp_path / "endpoint.log")
+def endpoint(tmp_path: Path, namespace: str, endpoint_kubeconfig: str) -> Iterator[str]:
+    ep = start_endpoint(endpoint_kubeconfig, namespace, tmp_path / "endpoint.log")
     try:
         yield f"{ep.url}/scim/v2"
     finally:
