@@ -89,7 +89,7 @@ async def _sync_keys(op: Operator, view: View, group: str, only: set[str] | None
     if target is not None:
         gref = ref(GROUP, op.namespace, group, target["metadata"].get("uid"))
         for reason, message in events:
-            emit(gref, reason, message, warning=reason == "KeyDeliveryFailed")
+            emit(gref, reason, message)
 
 
 async def user_keys(op: Operator, view: View, user: str) -> None:

@@ -30,9 +30,14 @@ def ref(kind: ResourceKind, namespace: str, name: str, uid: str | None) -> dict[
     }
 
 
+# Reasons that always mean something was not done: Warning Events wherever they are posted from.
+WARNING_REASONS = frozenset({"Forbidden", "KeyDeliveryFailed", "KeysFailed"})
+
+
 def emit(body: Any, reason: str, message: str, *, warning: bool = False) -> None:
     """A Kubernetes Event on the resource (queued; Kopf posts it in the background)."""
-    kopf.event(body, type="Warning" if warning else "Normal", reason=reason, message=message[:1000])
+    kind = "Warning" if warning or reason in WARNING_REASONS else "Normal"
+    kopf.event(body, type=kind, reason=reason, message=message[:1000])
 
 
 class Resources:
