@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev test lint unit conformance bench
+.PHONY: install dev test lint unit conformance bench image
 
 $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,3 +25,7 @@ test: lint
 
 bench: install
 	$(BIN)/python -m bench.endpoint_load
+
+# The container image from the Dockerfile (docker, else buildah); IMAGE=name:tag to choose the tag.
+image:
+	scripts/image $(IMAGE)
