@@ -1,8 +1,9 @@
 """The system as the chart runs it: both processes started with the command, arguments and
-environment of the rendered Deployments (program from the installed wheel, as in the image),
-against the real API server and the real LiteLLM proxy. Only what a pod gets from the kubelet is
-stood in for: the service-account credentials (the test kubeconfig instead), secretKeyRef and
-fieldRef values (read from the API server / the pod's name), and the probes (polled the same way)."""
+environment of the rendered Deployments (program from the installed wheel, as in the image), each as
+its own ServiceAccount with the Roles the chart grants, against the real API server and the real
+LiteLLM proxy. Only what a pod gets from the kubelet is stood in for: the service-account token (a
+TokenRequest token in a kubeconfig instead of a mounted file), secretKeyRef and fieldRef values (read
+from the API server / the pod's name), and the probes (polled the same way)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
-from helmchart import CHART, Manifests, Render
+from helmchart import CHART, Manifests, Render, service_account_kubeconfig
 from kubernetes_asyncio import client
+from operator_helpers import eventually
 
-from litellm_scim import kube, peers
+from litellm_scim import chart, kube, peers, tokens
 from scim_contract import names
 
 pytestmark = [pytest.mark.litellm, pytest.mark.slow]
@@ -156,22 +158,25 @@ async def test_chart_deployments_provision_a_user_end_to_end(
     await core.create_namespaced_secret(ns, {
         "metadata": {"name": MASTER_SECRET["name"]},
         "data": {MASTER_SECRET["key"]: base64.b64encode(litellm.master_key.encode()).decode()}})
-    token_secret = m.one("Secret")
-    await core.create_namespaced_secret(ns, token_secret)
+    await chart.apply(kube_api, chart.of_kinds(m.docs, (*chart.RBAC_KINDS, "Secret", "KopfPeering")))
     peering = m.one("KopfPeering")
-    await custom.create_namespaced_custom_object("kopf.dev", "v1", ns, "kopfpeerings", peering)
-    token = base64.b64decode(token_secret["data"]["default"]).decode()
+    credentials = {
+        component: await service_account_kubeconfig(
+            kube_api, kubeconfig, ns, m.deployment(component)["spec"]["template"]["spec"]["serviceAccountName"],
+            tmp_path / f"{component}.kubeconfig")
+        for component in ("endpoint", "operator")}
 
     # One endpoint (its replicas are interchangeable and stateless) and every operator replica the
     # Deployment asks for, since "one active, the others standing by" is what the chart promises.
-    endpoint = await start_like_the_deployment(m, "endpoint", wheel_venv=wheel_venv, kubeconfig=kubeconfig,
-                                               core=core, log_dir=tmp_path)
+    endpoint = await start_like_the_deployment(m, "endpoint", wheel_venv=wheel_venv,
+                                               kubeconfig=credentials["endpoint"], core=core, log_dir=tmp_path)
     processes.append(endpoint)
     operators: list[tuple[Process, int]] = []
     for replica in range(m.deployment("operator")["spec"]["replicas"]):
         ports = {} if replica == 0 else {"--probe-port": peers.free_port(), "--metrics-port": peers.free_port()}
-        proc = await start_like_the_deployment(m, "operator", wheel_venv=wheel_venv, kubeconfig=kubeconfig,
-                                               core=core, log_dir=tmp_path, ports=ports)
+        proc = await start_like_the_deployment(m, "operator", wheel_venv=wheel_venv,
+                                               kubeconfig=credentials["operator"], core=core, log_dir=tmp_path,
+                                               ports=ports)
         processes.append(proc)
         operators.append((proc, ports.get("--probe-port", op_probe)))
     assert len(operators) == 2
@@ -179,6 +184,10 @@ async def test_chart_deployments_provision_a_user_end_to_end(
     ep_container, op_container = m.container("endpoint"), m.container("operator")
     ready = ep_container["readinessProbe"]["httpGet"]
     await wait_probe(endpoint, f"http://127.0.0.1:{port_of(ep_container, ready['port'])}{ready['path']}")
+    # The chart's Secret came without a token; the endpoint issues the initial one (the NOTES say
+    # how to read it, as here).
+    token = (await eventually(lambda: tokens.read_tokens(kube_api, ns, tokens.DEFAULT_SECRET), within=15,
+                              what="the initial token"))["default"]
     alive = op_container["livenessProbe"]["httpGet"]
     assert port_of(op_container, alive["port"]) == op_probe
     for proc, probe_port in operators:
