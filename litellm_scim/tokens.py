@@ -5,7 +5,12 @@ entry is one token (key = token name, value = the token) and the annotation
 ``tokens.scim.litellm-operator.dev/<name>`` records when it was created (RFC 3339). Several tokens at
 once make rotation possible without downtime. The endpoint parses the Secret with
 :func:`parse_token_secret` and checks a presented token with :func:`match_token`, so both sides agree
-on exactly which tokens are valid."""
+on exactly which tokens are valid.
+
+The Helm chart renders the Secret without any token: whatever a chart renders is stored in the
+release's history, and ``helm rollback`` would write a token revoked since then back into the Secret.
+It asks for a first token with the annotation :data:`INITIAL_TOKEN_ANNOTATION` instead, and the
+endpoint issues it with :func:`issue_initial_token`."""
 
 from __future__ import annotations
 
@@ -42,6 +47,14 @@ TOKEN_PREFIX = "scim_"  # noqa: S105 - a public prefix, not a credential
 TOKEN_BYTES = 32
 # A token name is both a Secret data key and the name part of an annotation key: the stricter of the two.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9]([-._A-Za-z0-9]{0,61}[A-Za-z0-9])?$")
+# The chart's request for a first token; the value is its name. Deliberately outside the
+# CREATED_ANNOTATION_PREFIX namespace, where any annotation names a token.
+INITIAL_TOKEN_ANNOTATION = "scim.litellm-operator.dev/initial-token"  # noqa: S105 - an annotation key
+# When the Secret first held a token (issued by the endpoint, or made with `token create` while the
+# request above was there). Set once and never removed, so revoking every token later leaves the
+# Secret empty instead of making the endpoint issue a new one. Helm never renders it, so upgrades and
+# rollbacks keep it (their three-way merge leaves fields alone that no release manifest mentions).
+INITIAL_TOKEN_ISSUED_ANNOTATION = "scim.litellm-operator.dev/initial-token-issued"  # noqa: S105 - an annotation key
 REQUEST_TIMEOUT = 15.0
 MAX_ATTEMPTS = 20
 
@@ -95,6 +108,16 @@ def token_infos(secret: Any) -> list[TokenInfo]:
     infos = [TokenInfo(name, annotations.get(CREATED_ANNOTATION_PREFIX + name))
              for name in parse_token_secret(secret)]
     return sorted(infos, key=lambda t: (t.created or "", t.name))
+
+
+def initial_token_wanted(secret: Any) -> str | None:
+    """The name of the initial token the Secret asks for, if it is to be issued now: the chart's
+    annotation names it, the Secret has never held a token, and it holds no usable one."""
+    annotations = _field(_field(secret, "metadata"), "annotations") or {}
+    name = annotations.get(INITIAL_TOKEN_ANNOTATION)
+    if not name or INITIAL_TOKEN_ISSUED_ANNOTATION in annotations or parse_token_secret(secret):
+        return None
+    return str(name)
 
 
 def match_token(presented: str, tokens: Mapping[str, str]) -> str | None:
@@ -217,13 +240,50 @@ async def create_token(api: client.ApiClient, namespace: str, secret_name: str =
         body = api.sanitize_for_serialization(secret)
         metadata = body.setdefault("metadata", {})
         metadata.setdefault("labels", {})[PART_OF_LABEL[0]] = PART_OF_LABEL[1]
-        metadata.setdefault("annotations", {})[CREATED_ANNOTATION_PREFIX + chosen] = created
+        annotations = metadata.setdefault("annotations", {})
+        annotations[CREATED_ANNOTATION_PREFIX + chosen] = created
+        if INITIAL_TOKEN_ANNOTATION in annotations:
+            # A token made before the endpoint issued the initial one takes its place for good.
+            annotations.setdefault(INITIAL_TOKEN_ISSUED_ANNOTATION, created)
         body["data"] = data
         try:
             await core.replace_namespaced_secret(secret_name, namespace, body, _request_timeout=REQUEST_TIMEOUT)
             return chosen, token
         except ApiException as exc:
             if exc.status == 409:  # the Secret changed since we read it
+                await _backoff(attempt)
+                continue
+            raise _api_error(exc, "update", namespace, secret_name) from None
+    raise TokenError(f"Secret {namespace}/{secret_name} kept changing; gave up after {MAX_ATTEMPTS} attempts")
+
+
+async def issue_initial_token(api: client.ApiClient, namespace: str,
+                              secret_name: str = DEFAULT_SECRET) -> str | None:
+    """Write the initial token the Secret asks for (see :func:`initial_token_wanted`); returns its
+    name, or None when there was nothing to issue (no request, a token is there, or it was issued
+    before). Never returns or logs the value: the Secret is the only place it exists.
+
+    Every endpoint replica may call this at the same moment. The write is an update conditional on
+    the resourceVersion just read, so exactly one succeeds; the others get a conflict, read again and
+    find the token. Needs get and update on this one Secret, nothing else."""
+    core = client.CoreV1Api(api)
+    for attempt in range(MAX_ATTEMPTS):
+        secret = await _read(core, namespace, secret_name)
+        name = initial_token_wanted(secret)
+        if secret is None or name is None:
+            return None
+        check_name(name)
+        created = now_rfc3339()
+        body = api.sanitize_for_serialization(secret)  # carries metadata.resourceVersion: conditional
+        body["data"] = {**(body.get("data") or {}), name: _b64(new_token())}
+        annotations = body["metadata"].setdefault("annotations", {})
+        annotations[CREATED_ANNOTATION_PREFIX + name] = created
+        annotations[INITIAL_TOKEN_ISSUED_ANNOTATION] = created
+        try:
+            await core.replace_namespaced_secret(secret_name, namespace, body, _request_timeout=REQUEST_TIMEOUT)
+            return name
+        except ApiException as exc:
+            if exc.status == 409:  # changed since we read it (another replica issued it, or a CLI write)
                 await _backoff(attempt)
                 continue
             raise _api_error(exc, "update", namespace, secret_name) from None

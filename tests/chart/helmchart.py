@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,6 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes_asyncio import client
+
+from litellm_scim import chart, tokens
+from scim_contract import API_GROUP, USER
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "litellm-scim-operator"
@@ -21,6 +26,11 @@ REQUIRED_VALUES: dict[str, Any] = {
         "masterKeySecret": {"name": "litellm-master", "key": "masterkey"},
     }
 }
+
+
+# What a SCIM token looks like (`litellm-scim token create`, the endpoint's initial token): no
+# rendered manifest and no release record may ever contain one.
+TOKEN_PATTERN = re.compile(re.escape(tokens.TOKEN_PREFIX) + r"[A-Za-z0-9_-]{16,}")
 
 
 class RenderError(Exception):
@@ -84,3 +94,17 @@ def run_helm_template(helm: Path, chart: Path, values: dict[str, Any], *, releas
     if proc.returncode != 0:
         raise RenderError(proc.stderr.strip())
     return proc.stdout
+
+
+async def service_account_kubeconfig(api: client.ApiClient, admin_kubeconfig: str, namespace: str, account: str,
+                                     path: Path) -> str:
+    """A kubeconfig that acts as one of the chart's ServiceAccounts (a TokenRequest token, what the
+    kubelet mounts into the pod), returned once the authorizer has seen the account's RoleBinding.
+    Its Role and RoleBinding must have been applied (by helm, or by ``chart.apply``)."""
+    token = await chart.service_account_token(api, namespace, account)
+    server, ca = chart.cluster_of(admin_kubeconfig)
+    chart.write_token_kubeconfig(path, server=server, ca_pem=ca, token=token, namespace=namespace, user=account)
+    # Both of the chart's accounts may list ScimUsers: seeing that means the binding is in force.
+    await chart.wait_until_allowed(api, chart.service_account_user(namespace, account), verb="list",
+                                   resource=USER.plural, group=API_GROUP, namespace=namespace)
+    return str(path)

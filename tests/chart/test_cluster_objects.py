@@ -1,17 +1,14 @@
-"""The chart's CRDs and custom objects against the REAL API server, and the token Secret's life
-across installs and upgrades (helm's `lookup` reads the real cluster with --dry-run=server)."""
+"""The chart's CRDs and custom objects against the REAL API server, and that rendering with the
+cluster at hand (--dry-run=server, where a chart could `lookup` live objects) renders no live token.
+The token Secret's life through install, upgrade and rollback is in test_helm_lifecycle.py."""
 
 from __future__ import annotations
 
-import base64
-from typing import Any
-
-import pytest
 import yaml
 from helmchart import CHART, REPO, Render
 from kubernetes_asyncio import client
 
-from litellm_scim import kube
+from litellm_scim import kube, tokens
 
 TOP_CRDS = REPO / "crds"
 CHART_CRDS = CHART / "crds"
@@ -60,63 +57,15 @@ async def test_crds_and_peering_object_apply_to_the_api_server(
     assert stored["status"] == beat["status"]
 
 
-# --- the SCIM token Secret across install / upgrade -----------------------------------------------
+# --- the SCIM token Secret with the cluster at hand ------------------------------------------------
 
-def helm_owned(secret: dict[str, Any], release: str, namespace: str) -> dict[str, Any]:
-    """What `helm install` adds to every object it creates."""
-    out = yaml.safe_load(yaml.safe_dump(secret))
-    out["metadata"]["annotations"].update(
-        {"meta.helm.sh/release-name": release, "meta.helm.sh/release-namespace": namespace})
-    return out
-
-
-@pytest.fixture
-def server_render(render: Render, kubeconfig: str) -> Render:
-    """Render with lookup() answered by the real API server."""
-    def _render(values: dict[str, Any] | None = None, **kw: Any) -> Any:
-        return render(values, extra_args=("--dry-run=server", "--kubeconfig", kubeconfig), **kw)
-    return _render
-
-
-async def test_token_secret_created_once_then_kept_across_upgrades(
-        kube_api: client.ApiClient, namespace: str, server_render: Render) -> None:
-    core = client.CoreV1Api(kube_api)
-    install = server_render(namespace=namespace, release="scim").one("Secret")
-    token = base64.b64decode(install["data"]["default"]).decode()
-    assert len(token) >= 43
-    await core.create_namespaced_secret(namespace, helm_owned(install, "scim", namespace))
-
-    # An upgrade renders exactly the stored tokens, not a new one.
-    upgrade = server_render(namespace=namespace, release="scim").one("Secret")
-    assert upgrade["data"] == install["data"]
-    assert upgrade["metadata"]["annotations"] == install["metadata"]["annotations"]
-
-    # A token added later (the `litellm-scim token create` way) survives the next upgrade, and a
-    # revoked one is not brought back.
-    await core.patch_namespaced_secret(
-        "litellm-scim-tokens", namespace,
-        {"metadata": {"annotations": {"tokens.scim.litellm-operator.dev/okta": "2026-02-02T00:00:00Z"}},
-         "data": {"okta": base64.b64encode(b"second-token").decode()}})
-    await core.patch_namespaced_secret(
-        "litellm-scim-tokens", namespace,
-        [{"op": "remove", "path": "/data/default"},
-         {"op": "remove", "path": "/metadata/annotations/tokens.scim.litellm-operator.dev~1default"}],
-        _content_type="application/json-patch+json")
-    upgrade = server_render(namespace=namespace, release="scim").one("Secret")
-    assert set(upgrade["data"]) == {"okta"}
-    assert base64.b64decode(upgrade["data"]["okta"]) == b"second-token"
-    tokens_annotations = {k for k in upgrade["metadata"]["annotations"] if k.startswith("tokens.")}
-    assert tokens_annotations == {"tokens.scim.litellm-operator.dev/okta"}
-    assert upgrade["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-
-
-async def test_token_secret_made_outside_helm_is_left_alone(
-        kube_api: client.ApiClient, namespace: str, server_render: Render) -> None:
-    core = client.CoreV1Api(kube_api)
-    await core.create_namespaced_secret(namespace, {
-        "metadata": {"name": "litellm-scim-tokens"}, "data": {"ci": base64.b64encode(b"x" * 43).decode()}})
-    rendered = server_render(namespace=namespace, release="scim")
-    assert not rendered.of_kind("Secret"), "helm would refuse to adopt it; the endpoint uses it as is"
-    # The endpoint is still pointed at it.
-    assert "--token-secret=litellm-scim-tokens" in rendered.container("endpoint")["args"]
-
+async def test_rendering_against_the_cluster_never_copies_live_tokens(
+        kube_api: client.ApiClient, namespace: str, render: Render, kubeconfig: str) -> None:
+    """The chart reads nothing from the cluster: with live tokens in the Secret, a render that could
+    look them up is the same as one without a cluster, so no token reaches the release."""
+    _, okta = await tokens.create_token(kube_api, namespace, tokens.DEFAULT_SECRET, "okta")
+    with_cluster = render(namespace=namespace, release="scim",
+                          extra_args=("--dry-run=server", "--kubeconfig", kubeconfig))
+    assert with_cluster.docs == render(namespace=namespace, release="scim").docs
+    assert okta not in yaml.safe_dump_all(with_cluster.docs)
+    assert not {"data", "stringData"} & with_cluster.one("Secret").keys()

@@ -72,7 +72,12 @@ def test_no_cluster_scope_no_wildcards_no_admin(manifests: Manifests) -> None:
         assert binding["roleRef"]["kind"] == "Role"
 
 
-def test_endpoint_reads_and_writes_the_scim_resources_and_reads_only_its_token_secret(
+def token_secret_of(m: Manifests) -> str:
+    args = dict(a.partition("=")[::2] for a in m.container("endpoint")["args"])
+    return args["--token-secret"]
+
+
+def test_endpoint_reads_and_writes_the_scim_resources_and_only_its_token_secret(
         manifests: Manifests) -> None:
     granted = bound_rules(manifests, service_account(manifests, "endpoint"))
     assert set(granted) == {manifests.namespace}, "the endpoint works in its own namespace only"
@@ -84,16 +89,32 @@ def test_endpoint_reads_and_writes_the_scim_resources_and_reads_only_its_token_s
     assert not allows(rules, GROUP, "scimusers/status", "patch")
 
     token_secret = manifests.one("Secret")["metadata"]["name"]
+    assert token_secret == token_secret_of(manifests)
     for verb in ["get", "list", "watch"]:
         assert allows(rules, "", "secrets", verb, name=token_secret)
-    # Listing or watching all Secrets (no name selector), reading another Secret, or writing the
-    # token Secret is refused.
+    # The chart renders the token Secret without a token: the endpoint issues the initial one with
+    # a conditional update. Nothing more: no patch or delete of it, no other Secret, no create (a
+    # create carries no name, so resourceNames could not confine it).
+    assert allows(rules, "", "secrets", "update", name=token_secret)
+    for verb in ["create", "patch", "delete"]:
+        assert not allows(rules, "", "secrets", verb, name=token_secret)
+    assert not allows(rules, "", "secrets", "create")
+    # Listing or watching all Secrets (no name selector), reading or writing another Secret is refused.
     assert not allows(rules, "", "secrets", "list")
     assert not allows(rules, "", "secrets", "watch")
-    assert not allows(rules, "", "secrets", "get", name="litellm-master")
-    for verb in WRITE_VERBS:
-        assert not allows(rules, "", "secrets", verb, name=token_secret)
+    for verb in ["get", *WRITE_VERBS]:
+        assert not allows(rules, "", "secrets", verb, name="litellm-master")
     assert not allows(rules, "", "configmaps", "get")
+
+
+def test_endpoint_only_reads_a_token_secret_the_chart_does_not_make(render: Render) -> None:
+    m = render({"scimTokens": {"create": False, "secretName": "idp-tokens"}})
+    assert not m.of_kind("Secret")
+    rules = bound_rules(m, service_account(m, "endpoint"))[m.namespace]
+    for verb in ["get", "list", "watch"]:
+        assert allows(rules, "", "secrets", verb, name="idp-tokens")
+    for verb in WRITE_VERBS:
+        assert not allows(rules, "", "secrets", verb, name="idp-tokens")
 
 
 def test_operator_reads_resources_writes_status_events_and_key_secrets_only_where_listed(

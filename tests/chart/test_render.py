@@ -3,8 +3,7 @@ relies on (replicas, probes, hardening, secrets by reference, toggles) and that 
 
 from __future__ import annotations
 
-import base64
-import datetime
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from helmchart import CHART, REQUIRED_VALUES, Manifests, Render, RenderError
+from helmchart import CHART, REQUIRED_VALUES, TOKEN_PATTERN, Manifests, Render, RenderError
 
+from litellm_scim import tokens
 from litellm_scim.cli import build_parser, settings_from_args
 from litellm_scim.settings import EndpointSettings, OperatorSettings
 
@@ -217,24 +217,36 @@ def test_required_values_fail_with_a_clear_message(render: Render) -> None:
         render({"litellm": {"url": "http://litellm:4000"}}, required=False)
 
 
-def test_token_secret_is_generated_kept_and_well_formed(default: Manifests, custom: Manifests,
-                                                          render: Render) -> None:
+def test_token_secret_is_rendered_without_any_token(default: Manifests, custom: Manifests,
+                                                    render: Render) -> None:
     secret = default.one("Secret")
     assert secret["metadata"]["name"] == "litellm-scim-tokens"
-    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    (name,) = secret["data"]
-    assert name == "default"
-    token = base64.b64decode(secret["data"][name]).decode()
-    prefix, _, random_part = token.partition("_")
-    assert prefix == "scim", "same shape as the tokens `litellm-scim token create` makes"
-    assert len(random_part) >= 43 and random_part.isalnum(), "at least 256 bits from a 62-letter alphabet"
-    created = secret["metadata"]["annotations"][f"tokens.scim.litellm-operator.dev/{name}"]
-    assert datetime.datetime.fromisoformat(created).tzinfo is not None
-    # Without a cluster to look into, every render draws a new token (never a constant).
-    assert render().one("Secret")["data"]["default"] != secret["data"]["default"]
-
-    assert list(custom.one("Secret")["data"]) == ["entra"]
+    assert secret["metadata"]["annotations"] == {
+        "helm.sh/resource-policy": "keep",  # uninstall keeps it
+        tokens.INITIAL_TOKEN_ANNOTATION: "default",  # the endpoint issues it
+    }
+    # Not even an empty data: an upgrade from a manifest with one to a manifest without it would
+    # delete every token in the live Secret.
+    assert not {"data", "stringData"} & secret.keys()
+    assert custom.one("Secret")["metadata"]["annotations"][tokens.INITIAL_TOKEN_ANNOTATION] == "entra"
     assert not render({"scimTokens": {"create": False}}).of_kind("Secret")
+
+
+@pytest.mark.parametrize("values", [
+    {},
+    NON_DEFAULT,
+    {"scimTokens": {"create": False}},
+    {"scimTokens": {"secretName": "idp-tokens", "initialTokenName": "okta"}, "endpoint": {"replicas": 5}},
+], ids=["default", "custom", "no-token-secret", "renamed"])
+def test_no_rendered_document_holds_a_token_and_rendering_is_stable(render: Render, values: dict[str, Any]) -> None:
+    """Nothing random, nothing from the cluster, nothing from the clock: the same values render the
+    same manifests (which is also what keeps tools that render without a cluster stable)."""
+    first = render(values)
+    for doc in first.docs:
+        assert not TOKEN_PATTERN.search(yaml.safe_dump(doc)), doc["metadata"]["name"]
+        if doc["kind"] == "Secret":
+            assert not {"data", "stringData"} & doc.keys()
+    assert render(values).docs == first.docs
 
 
 # --- hardening ----------------------------------------------------------------------------------
@@ -321,10 +333,19 @@ def test_metrics_annotations_and_service_monitor(default: Manifests, custom: Man
     ({"endpoint": {"ingress": {"tls": {"enable": True}}}}, "enable"),
     ({"endpoint": {"port": "eighty"}}, "port"),
     ({"scimTokens": {"secretName": "Not_A_Name"}}, "secretName"),
+    ({"scimTokens": {"initialTokenName": "-x"}}, "initialTokenName"),
 ])
 def test_schema_rejects_typos_and_bad_values(render: Render, typo: dict[str, Any], message: str) -> None:
     with pytest.raises(RenderError, match=message):
         render(typo)
+
+
+def test_initial_token_name_follows_the_token_name_rule() -> None:
+    """One rule for token names: the schema refuses what `litellm-scim token` would refuse."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    rule = schema["properties"]["scimTokens"]["properties"]["initialTokenName"]
+    assert rule["pattern"] == tokens.NAME_PATTERN.pattern
+    assert rule["maxLength"] == 63
 
 
 def test_helm_lint_is_clean(helm: Path) -> None:
@@ -374,6 +395,14 @@ def test_notes_print_tenant_url_and_token_command(render: Render, notes_chart: P
     assert "https://scim.corp.example/scim/v2" in notes
     assert ("kubectl -n idp get secret litellm-scim-tokens -o jsonpath='{.data.default}' | base64 -d"
             in notes)
+    words = " ".join(notes.split())
+    assert 'issues the first token, "default", into Secret litellm-scim-tokens within seconds of starting' in words
+    assert "rollout status deploy/scim-litellm-scim-operator-endpoint" in notes
+
+    by_hand = render({"scimTokens": {"create": False}}, chart=notes_chart, namespace="idp")
+    notes = by_hand.one("ConfigMap", name="rendered-notes")["data"]["notes"]
+    assert "litellm-scim token create default --namespace idp --token-secret litellm-scim-tokens" in notes
+    assert "jsonpath" not in notes
 
     without = render(chart=notes_chart, namespace="idp").one("ConfigMap", name="rendered-notes")["data"]["notes"]
     assert "http://scim-litellm-scim-operator-endpoint.idp.svc:80/scim/v2" in without

@@ -20,11 +20,17 @@ litellm-scim-operator {{ .Chart.AppVersion }} is installed in namespace {{ $ns }
 {{- end }}
 
 2. Secret token (Entra ID "Secret Token", Okta "API token" as HTTP header "Authorization: Bearer ..."):
+{{- if .Values.scimTokens.create }}
+
+   The SCIM endpoint issues the first token, "{{ .Values.scimTokens.initialTokenName }}", into Secret {{ .Values.scimTokens.secretName }} within
+   seconds of starting (tokens are never part of the Helm release). Read it with:
 
      kubectl -n {{ $ns }} get secret {{ .Values.scimTokens.secretName }} -o jsonpath='{.data.{{ .Values.scimTokens.initialTokenName }}}' | base64 -d; echo
-{{- if not .Values.scimTokens.create }}
 
-   scimTokens.create is false: create the Secret yourself, e.g.
+   Nothing printed yet? Wait for the endpoint: kubectl -n {{ $ns }} rollout status deploy/{{ include "lso.endpoint.fullname" . }}
+{{- else }}
+
+   scimTokens.create is false: create the Secret and a token yourself, e.g.
      litellm-scim token create {{ .Values.scimTokens.initialTokenName }} --namespace {{ $ns }} --token-secret {{ .Values.scimTokens.secretName }}
 {{- end }}
 
