@@ -145,18 +145,23 @@ def write_token_kubeconfig(path: Path, *, server: str, ca_pem: str, token: str, 
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
+    path.chmod(0o600)  # touch keeps the mode of a file that already exists; the token must not be readable
     path.write_text(yaml.safe_dump(doc))
     return path
 
 
 async def wait_until_allowed(api: client.ApiClient, user: str, *, verb: str, resource: str, namespace: str,
-                             group: str = "", within: float = 10.0) -> None:
+                             group: str = "", name: str | None = None, within: float = 10.0) -> None:
     """Wait until the authorizer has seen freshly written RBAC (a real cluster, too, applies a binding
-    when its informer delivers it, not when the write returns)."""
+    when its informer delivers it, not when the write returns). ``name`` is needed when the rule is
+    limited by resourceNames: without one, such a rule never allows the request."""
+    attributes = {"verb": verb, "resource": resource, "group": group, "namespace": namespace}
+    if name:
+        attributes["name"] = name
     review: Any = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": {
         "user": user, "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}",
                                  "system:authenticated"],
-        "resourceAttributes": {"verb": verb, "resource": resource, "group": group, "namespace": namespace}}}
+        "resourceAttributes": attributes}}
     authz = client.AuthorizationV1Api(api)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
