@@ -93,9 +93,11 @@ class Request:
     name: str | None = None
 
     def __str__(self) -> str:
-        # RBAC never matches a create by name (the object does not exist yet), so naming it would
-        # invite a Role with resourceNames that still refuses the create.
-        named = f' "{self.name}"' if self.name and self.verb != "create" else ""
+        # RBAC never matches the create of an object by name (it does not exist yet), so naming it
+        # would invite a Role with resourceNames that still refuses it. A subresource of a named
+        # object (serviceaccounts/token) does carry the name.
+        creates_object = self.verb == "create" and "/" not in self.resource
+        named = f' "{self.name}"' if self.name and not creates_object else ""
         where = f"in namespace {self.namespace}" if self.namespace else "at cluster scope"
         return f"{self.verb} {self.resource}{named} {where}"
 
@@ -106,6 +108,12 @@ _FORBIDDEN = re.compile(
     r'User "(?P<user>[^"]*)" cannot (?P<verb>\S+) resource "(?P<resource>[^"]*)" in API group "[^"]*"'
     r'(?: in the namespace "(?P<namespace>[^"]*)"| at the cluster scope)(?:: (?P<reason>.*))?$'
 )
+
+
+# The RBAC API's refusal of a Role or binding granting more than its writer holds (kube-apiserver's
+# privilege-escalation check): the missing rules follow, one per line.
+_ESCALATION = re.compile(r'user "(?P<user>[^"]*)".*? is attempting to grant RBAC permissions not currently held:'
+                         r"\s*(?P<rules>.*)", re.S)
 
 
 def status_body(exc: ApiException) -> dict[str, Any]:
@@ -132,12 +140,26 @@ def refusal(exc: ApiException, request: Request) -> str | None:
     if exc.status != 403:
         return None
     body = status_body(exc)
-    found = _FORBIDDEN.search(str(body.get("message") or ""))
-    if found is None:  # another authorizer's wording: keep ours and quote theirs
-        return f"cannot {request} (forbidden: {status_message(exc)})"
+    message = str(body.get("message") or "")
     details = body.get("details")
     details = details if isinstance(details, dict) else {}
+    escalation = _ESCALATION.search(message)
+    if escalation is not None:
+        return _escalation(request, details, escalation)
+    found = _FORBIDDEN.search(message)
+    if found is None:  # another authorizer's wording: keep ours and quote theirs, on one line
+        return f"cannot {request} (forbidden: {' '.join(status_message(exc).split())})"
     refused = Request(verb=found["verb"], resource=found["resource"], namespace=found["namespace"],
                       name=details.get("name") or request.name)
     reason = f": {found['reason']}" if found["reason"] else ""
     return f"cannot {refused} (forbidden for {found['user']}{reason})"
+
+
+def _escalation(request: Request, details: dict[str, Any], found: re.Match[str]) -> str:
+    rules = [line.strip() for line in found["rules"].splitlines() if line.strip().startswith("{")]
+    what = f'{details.get("kind") or request.resource} "{details.get("name") or request.name}"'
+    example = f", e.g. {rules[0]}" if rules else ""
+    # Without the escalate/bind verbs, a writer may only grant what it holds itself.
+    count = f"{len(rules)} " if rules else ""
+    return (f"cannot {request} (forbidden for {found['user']}, who does not hold the {count}"
+            f"permissions {what} grants{example})")
