@@ -176,3 +176,33 @@ async def wait_until_allowed(api: client.ApiClient, user: str, *, verb: str, res
 
 def service_account_user(namespace: str, name: str) -> str:
     return f"system:serviceaccount:{namespace}:{name}"
+
+
+def service_accounts(docs: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """The ServiceAccount each component runs as (component label -> name), from the rendered Deployments."""
+    return {str(d["metadata"]["labels"]["app.kubernetes.io/component"]):
+            str(d["spec"]["template"]["spec"]["serviceAccountName"])
+            for d in of_kinds(docs, ["Deployment"])}
+
+
+async def wait_for_bindings(api: client.ApiClient, docs: Iterable[Mapping[str, Any]], within: float = 10.0) -> None:
+    """Wait until every ServiceAccount the rendered RoleBindings bind may do what its Role allows first:
+    then the authorizer has seen both the Role and the binding."""
+    docs = list(docs)
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in of_kinds(docs, ["Role"])}
+    for binding in of_kinds(docs, ["RoleBinding"]):
+        namespace = binding["metadata"]["namespace"]
+        role = roles.get((namespace, binding["roleRef"]["name"]))
+        # Subresources (scimusers/status) need the SubjectAccessReview's subresource field: pick a plain one.
+        plain = [(rule, resource) for rule in (role or {}).get("rules", []) for resource in rule["resources"]
+                 if "/" not in resource]
+        if not plain:
+            continue
+        rule, resource = plain[0]
+        for subject in binding.get("subjects", []):
+            if subject["kind"] != "ServiceAccount":
+                continue
+            user = service_account_user(subject.get("namespace", namespace), subject["name"])
+            await wait_until_allowed(api, user, verb=rule["verbs"][0], resource=resource, namespace=namespace,
+                                     group=rule["apiGroups"][0], name=(rule.get("resourceNames") or [None])[0],
+                                     within=within)
