@@ -46,7 +46,12 @@ MAX_ATTEMPTS = 20
 
 
 class TokenError(Exception):
-    """A failure with a one-line message meant for the person at the terminal (never holds a token)."""
+    """A failure with a one-line message meant for the person at the terminal (never holds a token);
+    ``status`` is the API server's HTTP status when it refused the call."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -145,7 +150,7 @@ def _api_error(exc: ApiException, verb: str, namespace: str, secret_name: str) -
     """One line for a failed call on the token Secret; for a 401 or 403 it names exactly the verb,
     Secret, namespace and (when the API server says) the user, i.e. what a Role would have to grant."""
     request = kube.Request(verb, "secrets", namespace, secret_name)
-    return TokenError(kube.refusal(exc, request) or f"cannot {request}: {kube.status_message(exc)}")
+    return TokenError(kube.refusal(exc, request) or f"cannot {request}: {kube.status_message(exc)}", exc.status)
 
 
 async def _read(core: client.CoreV1Api, namespace: str, secret_name: str) -> client.V1Secret | None:
