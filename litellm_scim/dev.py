@@ -4,8 +4,8 @@ Finds (or starts) a Kubernetes API server, installs the CRDs and the Helm chart'
 and RoleBindings, makes sure there is a SCIM token, finds (or starts) a LiteLLM proxy, runs
 ``litellm-scim endpoint`` and ``litellm-scim operator`` as child processes under the chart's
 ServiceAccounts (as installed, never with the caller's rights) and prints what an identity provider (or
-curl) needs. Ctrl-C or SIGTERM stops the children and every server this command started; servers it
-found already running are left alone."""
+curl) needs. Ctrl-C or SIGTERM stops the children and every server this command started, the LiteLLM
+kit's PostgreSQL included; servers it found already running are left alone."""
 
 from __future__ import annotations
 
@@ -488,6 +488,10 @@ class Dev:
         if self.litellm is not None and self.litellm.started_here:
             say("Stopping the local LiteLLM proxy ...")
             self.litellm.stop()
+            # `down ROOT PORT` leaves the kit's PostgreSQL running; stop it too if this run started it.
+            done = self.litellm.stop_postgres()
+            if done:
+                say(f"  {done}")
         if self.cluster is not None and self.cluster.started_here:
             say("Stopping the local API server ...")
             self.cluster.stop()

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import re
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -320,3 +322,87 @@ async def test_rejected_credentials_are_one_line(kubeconfig: str, namespace: str
     assert err == (f"litellm-scim dev: error: the cluster rejected the credentials in {forged} (401 Unauthorized): "
                    "log in again or set KUBECONFIG to a kubeconfig that works")
 
+
+# --- the LiteLLM kit's PostgreSQL: stopped when dev started it, left alone when it was running -------
+
+# A ROOT of the kit for these tests only (others' test sessions share /var/tmp/litellm-peer and its
+# PostgreSQL on 55432: never touched here). The first run installs LiteLLM into it (minutes); later
+# runs reuse the install. A lock keeps two test sessions from using it at once.
+OWN_ROOT = Path("/var/tmp/litellm-scim-dev-test")
+KIT = peers.shared_dir() / "litellm-peer"
+
+
+@dataclass
+class OwnKit:
+    root: Path
+    pg_port: int
+
+    def env(self, kubeconfig: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("LITELLM_SCIM_") and k not in ("LITELLM_URL", "LITELLM_MASTER_KEY")}
+        env.update(KUBECONFIG=kubeconfig, LITELLM_PEER_ROOT=str(self.root), LITELLM_PEER_PGPORT=str(self.pg_port))
+        return env
+
+    def processes(self) -> list[str]:
+        """Command lines of every process that belongs to this ROOT (PostgreSQL's postmaster, proxy, engine)."""
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if str(self.root) in text:
+                    found.append(f"{cmdline.parent.name}: {text}")
+        return found
+
+    def pg(self, action: str) -> None:
+        subprocess.run([str(KIT / "pg"), str(self.root), action], check=True, capture_output=True,
+                       env={**os.environ, "LITELLM_PEER_PGPORT": str(self.pg_port)})
+
+
+@pytest.fixture
+def own_kit() -> Iterator[OwnKit]:
+    if not (KIT / "up").exists():
+        pytest.skip(f"no LiteLLM kit at {KIT}")
+    OWN_ROOT.mkdir(parents=True, exist_ok=True)
+    with (OWN_ROOT.parent / f"{OWN_ROOT.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        kit = OwnKit(OWN_ROOT, peers.free_port())
+        kit.pg("stop")  # left over from an interrupted run: ours alone, under the lock
+        try:
+            yield kit
+        finally:
+            subprocess.run([str(KIT / "down"), str(OWN_ROOT), "all"], check=False, capture_output=True)
+
+
+async def _run_dev_with_own_litellm(kit: OwnKit, kubeconfig: str, namespace: str, state_dir: Path) -> DevRun:
+    port = peers.free_port()
+    args = ["--namespace", namespace, "--port", str(port), "--state-dir", str(state_dir)]
+    async with dev(args, kit.env(kubeconfig)) as run:
+        await run.read_until("Press Ctrl-C", within=900.0)  # a fresh ROOT installs LiteLLM first
+        assert "LiteLLM: started a local proxy" in run.output
+        assert peers.postgres_running(kit.root)
+        run.proc.send_signal(signal.SIGINT)
+        assert await run.finish(within=120.0) == 0, run.output
+    assert "Stopped." in run.output
+    assert not _listening(port)
+    return run
+
+
+@pytest.mark.slow
+async def test_ctrl_c_stops_the_postgresql_dev_started(
+        own_kit: OwnKit, kubeconfig: str, namespace: str, tmp_path: Path) -> None:
+    assert not peers.postgres_running(own_kit.root)
+    run = await _run_dev_with_own_litellm(own_kit, kubeconfig, namespace, tmp_path / "dev")
+    assert f"stopped PostgreSQL of {own_kit.root}" in run.output
+    assert not peers.postgres_running(own_kit.root)
+    assert not _listening(own_kit.pg_port)
+    assert not own_kit.processes(), own_kit.processes()
+
+
+@pytest.mark.slow
+async def test_ctrl_c_leaves_a_postgresql_that_was_already_running(
+        own_kit: OwnKit, kubeconfig: str, namespace: str, tmp_path: Path) -> None:
+    own_kit.pg("start")  # e.g. a test session's
+    run = await _run_dev_with_own_litellm(own_kit, kubeconfig, namespace, tmp_path / "dev")
+    assert "PostgreSQL" not in run.output.split("Stopping the local LiteLLM proxy", 1)[1]
+    assert peers.postgres_running(own_kit.root) and _listening(own_kit.pg_port)
+    assert not [p for p in own_kit.processes() if "postgres" not in p], own_kit.processes()
