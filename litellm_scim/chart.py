@@ -27,7 +27,7 @@ CHART = peers.REPO / "charts" / "litellm-scim-operator"
 RBAC_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
 OBJECT_KINDS = ("Namespace", "CustomResourceDefinition", *RBAC_KINDS, "Secret", "ConfigMap", "KopfPeering")
 
-# What the ServiceAccount token of a pod is valid for by default (the kubelet refreshes it hourly).
+# How long the tokens dev and the tests request stay valid (a pod's token is refreshed by the kubelet).
 TOKEN_SECONDS = 24 * 3600
 
 
@@ -145,20 +145,25 @@ def write_token_kubeconfig(path: Path, *, server: str, ca_pem: str, token: str, 
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
+    path.chmod(0o600)  # touch keeps the mode of a file that already exists; the token must not be readable
     path.write_text(yaml.safe_dump(doc))
     return path
 
 
 async def wait_until_allowed(api: client.ApiClient, user: str, *, verb: str, resource: str, namespace: str,
-                             group: str = "", within: float = 10.0) -> None:
+                             group: str = "", name: str | None = None, within: float = 10.0) -> None:
     """Wait until the authorizer has seen freshly written RBAC (a real cluster, too, applies a binding
-    when its informer delivers it, not when the write returns)."""
+    when its informer delivers it, not when the write returns). ``name`` is needed when the rule is
+    limited by resourceNames: without one, such a rule never allows the request."""
     plural, _, subresource = resource.partition("/")
+    attributes = {"verb": verb, "resource": plural, "subresource": subresource, "group": group,
+                  "namespace": namespace}
+    if name:
+        attributes["name"] = name
     review: Any = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": {
         "user": user, "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}",
                                  "system:authenticated"],
-        "resourceAttributes": {"verb": verb, "resource": plural, "subresource": subresource, "group": group,
-                               "namespace": namespace}}}
+        "resourceAttributes": attributes}}
     authz = client.AuthorizationV1Api(api)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
@@ -173,3 +178,33 @@ async def wait_until_allowed(api: client.ApiClient, user: str, *, verb: str, res
 
 def service_account_user(namespace: str, name: str) -> str:
     return f"system:serviceaccount:{namespace}:{name}"
+
+
+def service_accounts(docs: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """The ServiceAccount each component runs as (component label -> name), from the rendered Deployments."""
+    return {str(d["metadata"]["labels"]["app.kubernetes.io/component"]):
+            str(d["spec"]["template"]["spec"]["serviceAccountName"])
+            for d in of_kinds(docs, ["Deployment"])}
+
+
+async def wait_for_bindings(api: client.ApiClient, docs: Iterable[Mapping[str, Any]], within: float = 10.0) -> None:
+    """Wait until every ServiceAccount the rendered RoleBindings bind may do what its Role allows first:
+    then the authorizer has seen both the Role and the binding."""
+    docs = list(docs)
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in of_kinds(docs, ["Role"])}
+    for binding in of_kinds(docs, ["RoleBinding"]):
+        namespace = binding["metadata"]["namespace"]
+        role = roles.get((namespace, binding["roleRef"]["name"]))
+        # Subresources (scimusers/status) need the SubjectAccessReview's subresource field: pick a plain one.
+        plain = [(rule, resource) for rule in (role or {}).get("rules", []) for resource in rule["resources"]
+                 if "/" not in resource]
+        if not plain:
+            continue
+        rule, resource = plain[0]
+        for subject in binding.get("subjects", []):
+            if subject["kind"] != "ServiceAccount":
+                continue
+            user = service_account_user(subject.get("namespace", namespace), subject["name"])
+            await wait_until_allowed(api, user, verb=rule["verbs"][0], resource=resource, namespace=namespace,
+                                     group=rule["apiGroups"][0], name=(rule.get("resourceNames") or [None])[0],
+                                     within=within)

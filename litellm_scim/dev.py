@@ -1,16 +1,21 @@
 """``litellm-scim dev``: the whole system on one machine with one command, for a newcomer.
 
-Finds (or starts) a Kubernetes API server and a LiteLLM proxy, installs the CRDs, makes sure there is a
-SCIM token, runs ``litellm-scim endpoint`` and ``litellm-scim operator`` as child processes and prints
-what an identity provider (or curl) needs. Ctrl-C or SIGTERM stops the children and every server this
-command started; servers it found already running are left alone."""
+Finds (or starts) a Kubernetes API server, installs the CRDs and the Helm chart's ServiceAccounts, Roles
+and RoleBindings, makes sure there is a SCIM token, finds (or starts) a LiteLLM proxy, runs
+``litellm-scim endpoint`` and ``litellm-scim operator`` as child processes under the chart's
+ServiceAccounts (as installed, never with the caller's rights) and prints what an identity provider (or
+curl) needs. Ctrl-C or SIGTERM stops the children and every server this command started, the LiteLLM
+kit's PostgreSQL included; servers it found already running are left alone."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import contextlib
 import ctypes
+import json
 import os
 import shlex
 import signal
@@ -23,15 +28,24 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, Any
 
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from litellm_scim import kube, peers, tokens
+from litellm_scim import chart, kube, peers, tokens
 
 DEV_TOKEN_NAME = "dev"  # noqa: S105 - the name of the token, not a token
+RELEASE = "dev"  # the Helm release name the chart's objects are rendered for
+# The processes' ServiceAccount tokens come from the TokenRequest API. The kubelet renews a pod's before
+# they expire; nobody renews these, so ask for a day (a cluster may grant less: the expiry it granted is
+# printed).
+TOKEN_SECONDS = 24 * 3600
+ADMIN_HINT = ("ask a cluster admin to grant it or use an admin kubeconfig "
+              "(dev installs CRDs, a namespace and the chart's RBAC)")
 READY_TIMEOUT = 90.0
 STOP_GRACE = 10.0
 LOG_TAIL = 25
@@ -109,6 +123,43 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
+def chart_values(namespace: str) -> dict[str, Any]:
+    """Values for rendering the chart's RBAC. The LiteLLM URL and master-key Secret are placeholders
+    the chart requires; dev passes the real ones to the operator itself."""
+    return {
+        "litellm": {"url": "http://litellm.invalid:4000", "masterKeySecret": {"name": "litellm-master"}},
+        "scimTokens": {"secretName": tokens.DEFAULT_SECRET, "create": False},
+        # Policies without secretNamespaces deliver their keys into the dev namespace itself.
+        "operator": {"keySecretNamespaces": [namespace]},
+    }
+
+
+def _token_expiry(token: str) -> datetime | None:
+    """When a ServiceAccount token (a JWT) expires, from its ``exp`` claim; None if it says nothing."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return datetime.fromtimestamp(int(claims["exp"]), UTC)
+    except (IndexError, KeyError, TypeError, ValueError, binascii.Error):
+        return None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A process's identity: the chart's ServiceAccount for its component and a kubeconfig with its token."""
+
+    user: str
+    kubeconfig: Path
+    expires: datetime | None
+
+
+@dataclass(frozen=True)
+class Setup:
+    token: str  # the SCIM bearer token
+    identities: dict[str, Identity]  # by component: endpoint, operator
+    peering: str | None  # the KopfPeering the operator joins (None: standalone)
+
+
 @dataclass
 class Child:
     name: str
@@ -172,25 +223,105 @@ class Dev:
                 say(f"  warning: {litellm.url} does not answer yet; the operator will keep retrying")
         return litellm
 
-    async def prepare_cluster(self, kubeconfig: str) -> str:
-        """CRDs, namespace and the dev token; returns the token."""
+    @contextlib.contextmanager
+    def _refused(self, request: kube.Request) -> Iterator[None]:
+        """Turn the API server's refusal of a setup step into one line naming what is missing.
+        ``request`` describes the step for API servers whose 403 does not say what it refused."""
+        try:
+            yield
+        except ApiException as exc:
+            raise DevError(self._refusal(kube.refusal(exc, request), exc.status)
+                           or f"cannot {request}: {kube.status_message(exc)}") from None
+        except tokens.TokenError as exc:  # already one line, in the same terms
+            raise DevError(self._refusal(str(exc), exc.status) or str(exc)) from None
+
+    def _refusal(self, line: str | None, status: int | None) -> str | None:
+        if status == 401:
+            where = self.cluster.kubeconfig if self.cluster else "the kubeconfig"
+            return (f"the cluster rejected the credentials in {where} (401 Unauthorized): "
+                    "log in again or set KUBECONFIG to a kubeconfig that works")
+        if status == 403 and line:
+            return f"{line}: {ADMIN_HINT}"
+        return None
+
+    async def prepare_cluster(self, kubeconfig: str, docs: list[dict[str, Any]]) -> Setup:
+        """With the caller's identity: CRDs, namespace, the chart's RBAC, the dev token, and one
+        ServiceAccount kubeconfig per process. Nothing later uses the caller's identity."""
         api = await kube.api_client(kubeconfig)
         async with api:
-            say("Installing the CRDs and the namespace ...")
-            await kube.apply_crds(api)
-            await kube.ensure_namespace(api, self.namespace)
-            # Reusing the token across runs keeps an IdP configured against this setup working.
-            existing = await tokens.read_tokens(api, self.namespace, tokens.DEFAULT_SECRET)
-            if DEV_TOKEN_NAME in existing:
-                say(f"SCIM token: reusing {DEV_TOKEN_NAME!r} from Secret {self.namespace}/{tokens.DEFAULT_SECRET}")
-                return existing[DEV_TOKEN_NAME]
-            _, token = await tokens.create_token(api, self.namespace, tokens.DEFAULT_SECRET, DEV_TOKEN_NAME)
-            say(f"SCIM token: created {DEV_TOKEN_NAME!r} in Secret {self.namespace}/{tokens.DEFAULT_SECRET}")
-            return token
+            say("Installing the CRDs (Kopf's KopfPeering included) and the namespace ...")
+            with self._refused(kube.Request("create", "customresourcedefinitions")):
+                await kube.apply_crds(api)
+            with self._refused(kube.Request("create", "namespaces")):
+                await kube.ensure_namespace(api, self.namespace)
+            say(f"Applying the chart's ServiceAccounts, Roles and RoleBindings (release {RELEASE!r}) ...")
+            await self.apply_rbac(api, docs)
+            peering = await self.ensure_peering(api, docs)
+            with self._refused(kube.Request("get", "secrets", self.namespace, tokens.DEFAULT_SECRET)):
+                token = await self.ensure_token(api)
+            identities = await self.identities(api, docs, kubeconfig)
+        return Setup(token, identities, peering)
+
+    async def apply_rbac(self, api: client.ApiClient, docs: list[dict[str, Any]]) -> None:
+        for doc in chart.of_kinds(docs, chart.RBAC_KINDS):
+            meta = doc["metadata"]
+            # One object at a time, so a refusal names the object (ServiceAccount, Role, RoleBinding).
+            with self._refused(kube.Request("create", doc["kind"].lower() + "s", meta.get("namespace"), meta["name"])):
+                await chart.apply(api, [doc])
+        with self._refused(kube.Request("create", "subjectaccessreviews")):
+            await chart.wait_for_bindings(api, docs)
+
+    async def ensure_peering(self, api: client.ApiClient, docs: list[dict[str, Any]]) -> str | None:
+        """The chart's KopfPeering object, created when absent. Never replaced: its status holds the
+        heartbeats of running operators (e.g. an installed one), and wiping them would let a standby
+        believe it is alone."""
+        found = chart.of_kinds(docs, ["KopfPeering"])
+        if not found:
+            return None
+        name = str(found[0]["metadata"]["name"])
+        with self._refused(kube.Request("create", "kopfpeerings", self.namespace)):
+            try:
+                await client.CustomObjectsApi(api).create_namespaced_custom_object(
+                    "kopf.dev", "v1", self.namespace, "kopfpeerings", found[0])
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+        return name
+
+    async def ensure_token(self, api: client.ApiClient) -> str:
+        # Reusing the token across runs keeps an IdP configured against this setup working.
+        existing = await tokens.read_tokens(api, self.namespace, tokens.DEFAULT_SECRET)
+        if DEV_TOKEN_NAME in existing:
+            say(f"SCIM token: reusing {DEV_TOKEN_NAME!r} from Secret {self.namespace}/{tokens.DEFAULT_SECRET}")
+            return existing[DEV_TOKEN_NAME]
+        _, token = await tokens.create_token(api, self.namespace, tokens.DEFAULT_SECRET, DEV_TOKEN_NAME)
+        say(f"SCIM token: created {DEV_TOKEN_NAME!r} in Secret {self.namespace}/{tokens.DEFAULT_SECRET}")
+        return token
+
+    async def identities(self, api: client.ApiClient, docs: list[dict[str, Any]],
+                         kubeconfig: str) -> dict[str, Identity]:
+        """A TokenRequest token and a kubeconfig (0600, under the state dir) per component, as the
+        kubelet gives a pod of the chart's Deployments."""
+        try:
+            server, ca = chart.cluster_of(kubeconfig)
+        except (OSError, ValueError, KeyError, StopIteration) as exc:
+            raise DevError(f"cannot read the cluster's address and CA from {kubeconfig}: {exc}") from None
+        folder = self.state_dir / "kubeconfigs"
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o700)
+        found: dict[str, Identity] = {}
+        for component, account in sorted(chart.service_accounts(docs).items()):
+            with self._refused(kube.Request("create", "serviceaccounts/token", self.namespace, account)):
+                token = await chart.service_account_token(api, self.namespace, account, TOKEN_SECONDS)
+            user = chart.service_account_user(self.namespace, account)
+            path = chart.write_token_kubeconfig(folder / component, server=server, ca_pem=ca, token=token,
+                                                namespace=self.namespace, user=user)
+            found[component] = Identity(user, path, _token_expiry(token))
+        return found
 
     # --- children ------------------------------------------------------------------------------
 
-    def spawn(self, name: str, args: list[str], env: dict[str, str]) -> Child:
+    def spawn(self, name: str, args: list[str], env: dict[str, str], identity: Identity) -> Child:
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = logs / f"{name}.log"
@@ -205,26 +336,32 @@ class Dev:
             )
         child = Child(name, proc, log)
         self.children.append(child)
-        say(f"{name}: pid {proc.pid}, log {log}")
+        say(f"{name}: pid {proc.pid} as {identity.user}, log {log}")
         return child
 
-    def start_children(self, kubeconfig: str, litellm: peers.LiteLLM) -> tuple[Child, int]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LITELLM_SCIM_")}
-        env["KUBECONFIG"] = kubeconfig
-        env.pop("LITELLM_MASTER_KEY", None)
-        common = ["--namespace", self.namespace, "--kubeconfig", kubeconfig, "--log-format", "text"]
+    def start_children(self, setup: Setup, litellm: peers.LiteLLM) -> tuple[Child, int]:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("LITELLM_SCIM_")}
+        base.pop("LITELLM_MASTER_KEY", None)
+        endpoint, operator = setup.identities["endpoint"], setup.identities["operator"]
         self.spawn("endpoint", [
-            "endpoint", *common, "--host", "127.0.0.1", "--port", str(self.port),
+            "endpoint", *self._common(endpoint), "--host", "127.0.0.1", "--port", str(self.port),
             "--metrics-port", str(peers.free_port()), "--token-secret", tokens.DEFAULT_SECRET,
             "--base-url", self.tenant_url,
-        ], env)
+        ], {**base, "KUBECONFIG": str(endpoint.kubeconfig)}, endpoint)
         probe_port = peers.free_port()
-        operator_env = {**env, "LITELLM_MASTER_KEY": litellm.master_key}  # by environment, never argv
-        operator = self.spawn("operator", [
-            "operator", *common, "--litellm-url", litellm.url, "--probe-port", str(probe_port),
-            "--metrics-port", str(peers.free_port()), "--standalone",
-        ], operator_env)
-        return operator, probe_port
+        # Peering as the chart installs it: a second dev (or an installed operator) on the same
+        # namespace stands by instead of fighting over LiteLLM.
+        peering = ["--peering", setup.peering] if setup.peering else ["--standalone"]
+        operator_env = {**base, "KUBECONFIG": str(operator.kubeconfig),
+                        "LITELLM_MASTER_KEY": litellm.master_key}  # by environment, never argv
+        child = self.spawn("operator", [
+            "operator", *self._common(operator), "--litellm-url", litellm.url, "--probe-port", str(probe_port),
+            "--metrics-port", str(peers.free_port()), *peering,
+        ], operator_env, operator)
+        return child, probe_port
+
+    def _common(self, identity: Identity) -> list[str]:
+        return ["--namespace", self.namespace, "--kubeconfig", str(identity.kubeconfig), "--log-format", "text"]
 
     def wait_ready(self, url: str, timeout: float = READY_TIMEOUT) -> bool:
         """True once ``url`` answers 2xx; False when a child died, a stop was requested or time ran out."""
@@ -252,22 +389,16 @@ class Dev:
         cluster = self.find_cluster()
         if self.stop_requested.is_set():
             return 0
-        litellm = self.find_litellm()
+        # The cluster first: a missing permission shows in seconds, not after LiteLLM's slow start.
+        setup = self.set_up_cluster(cluster.kubeconfig)
         if self.stop_requested.is_set():
             return 0
-        try:
-            token = asyncio.run(self.prepare_cluster(cluster.kubeconfig))
-        except tokens.TokenError as exc:
-            raise DevError(str(exc)) from None
-        except ApiException as exc:
-            raise DevError(f"the Kubernetes API refused a setup step: {exc.status} {exc.reason}") from None
-        except (OSError, TimeoutError) as exc:
-            raise DevError(f"cannot reach the Kubernetes API server: {exc}") from None
+        litellm = self.find_litellm()
         if self.stop_requested.is_set():
             return 0
 
         say("Starting the SCIM endpoint and the operator ...")
-        operator, probe_port = self.start_children(cluster.kubeconfig, litellm)
+        operator, probe_port = self.start_children(setup, litellm)
         if not self.wait_ready(f"http://127.0.0.1:{self.port}/readyz"):
             return self.failed() if not self.stop_requested.is_set() else 0
         if not self.wait_ready(f"http://127.0.0.1:{probe_port}/healthz", timeout=30.0):
@@ -277,11 +408,35 @@ class Dev:
                 return self.failed()
             say(f"  note: the operator's probe on port {probe_port} does not answer yet; see {operator.log}")
 
-        self.banner(cluster, token)
+        self.banner(cluster, setup.token)
         while not self.stop_requested.wait(0.5):
             if self.dead_child() is not None:
                 return self.failed()
         return 0
+
+    def set_up_cluster(self, kubeconfig: str) -> Setup:
+        try:
+            docs = chart.render(chart_values(self.namespace), release=RELEASE, namespace=self.namespace)
+            setup = asyncio.run(self.prepare_cluster(kubeconfig, docs))
+        except chart.ChartError as exc:
+            raise DevError(f"cannot render the Helm chart: {exc}") from None
+        except subprocess.CalledProcessError as exc:  # installing helm from the kit failed
+            raise DevError(f"cannot install helm: {_last_line(exc.stderr)}") from None
+        except ApiException as exc:  # a step outside _refused
+            raise DevError(f"the Kubernetes API refused a setup step: {kube.status_message(exc)}") from None
+        except TimeoutError as exc:  # a CRD not established, RBAC not applied in time
+            raise DevError(f"setting up the cluster timed out: {exc or 'no answer'}") from None
+        except OSError as exc:
+            raise DevError(f"cannot reach the Kubernetes API server: {exc}") from None
+        self.report_identities(setup)
+        return setup
+
+    def report_identities(self, setup: Setup) -> None:
+        for component, identity in sorted(setup.identities.items()):
+            say(f"  {component} runs as {identity.user} (kubeconfig {identity.kubeconfig})")
+        expiries = [i.expires for i in setup.identities.values() if i.expires is not None]
+        if expiries:
+            say(f"  their tokens expire at {min(expiries):%Y-%m-%d %H:%M} UTC: restart dev before then")
 
     def banner(self, cluster: peers.KubeCluster, token: str) -> None:
         kubectl = "kubectl"
@@ -333,6 +488,10 @@ class Dev:
         if self.litellm is not None and self.litellm.started_here:
             say("Stopping the local LiteLLM proxy ...")
             self.litellm.stop()
+            # `down ROOT PORT` leaves the kit's PostgreSQL running; stop it too if this run started it.
+            done = self.litellm.stop_postgres()
+            if done:
+                say(f"  {done}")
         if self.cluster is not None and self.cluster.started_here:
             say("Stopping the local API server ...")
             self.cluster.stop()

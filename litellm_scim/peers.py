@@ -110,6 +110,40 @@ def find_or_start_cluster(state_dir: Path, *, prefer: str | None = None) -> Kube
                        server=f"https://127.0.0.1:{port}")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # somebody else's process, but a live one
+    return True
+
+
+def _pid_in(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split("\n", 1)[0].strip())
+    except (OSError, ValueError):
+        return None
+
+
+def postgres_running(root: Path) -> bool:
+    """Whether the LiteLLM kit's PostgreSQL server of ``root`` runs: the same test as ``pg ROOT start``
+    makes (``pg_ctl status`` reads the postmaster.pid of the data directory and asks if it lives)."""
+    pid = _pid_in(root / "pg" / "data" / "postmaster.pid")
+    return pid is not None and _alive(pid)
+
+
+def proxies_running(root: Path) -> list[int]:
+    """Ports of the live proxies the kit started under ``root`` (each has a proxy-PORT.pid)."""
+    ports = []
+    for pidfile in sorted(root.glob("proxy-*.pid")):
+        pid = _pid_in(pidfile)
+        if pid is not None and _alive(pid):
+            ports.append(int(pidfile.stem.removeprefix("proxy-")))
+    return ports
+
+
 @dataclass
 class LiteLLM:
     url: str
@@ -117,11 +151,33 @@ class LiteLLM:
     started_here: bool
     root: Path | None = None
     port: int | None = None
+    # Whether the `up` that started this proxy also started the kit's PostgreSQL server (it was not
+    # running before). `down ROOT PORT` stops only the proxy; see stop_postgres.
+    started_postgres: bool = False
 
     def stop(self) -> None:
         if self.started_here and self.root is not None:
             subprocess.run([str(shared_dir() / "litellm-peer" / "down"), str(self.root), str(self.port)],
                            check=False, capture_output=True)
+
+    def stop_postgres(self) -> str | None:
+        """Stop the kit's PostgreSQL server after ``stop()``, if starting this proxy started it and no
+        other proxy of the same ROOT uses it now (a test session may have come to share it meanwhile).
+        Returns what happened, for the person at the terminal; None when there was nothing to do."""
+        if not (self.started_here and self.started_postgres and self.root is not None):
+            return None
+        if not postgres_running(self.root):
+            return None
+        others = [p for p in proxies_running(self.root) if p != self.port]
+        if others:
+            return (f"left PostgreSQL of {self.root} running: the proxies on port "
+                    f"{', '.join(map(str, others))} use it too")
+        subprocess.run([str(shared_dir() / "litellm-peer" / "pg"), str(self.root), "stop"],
+                       check=False, capture_output=True)
+        if postgres_running(self.root):
+            pg = shared_dir() / "litellm-peer" / "pg"
+            return f"PostgreSQL of {self.root} did not stop; stop it with: {pg} {self.root} stop"
+        return f"stopped PostgreSQL of {self.root}"
 
     def restart(self) -> None:
         """Start a stopped local proxy again on the same port and database (for outage tests)."""
@@ -160,9 +216,19 @@ def find_or_start_litellm(root: Path | None = None) -> LiteLLM:
     root = root or Path(os.environ.get("LITELLM_PEER_ROOT", "/var/tmp/litellm-peer"))  # noqa: S108
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = _start_proxy(root, port)
+    # `up` starts PostgreSQL unless it already runs; only one it started may be stopped again.
+    started_postgres = not postgres_running(root)
+    try:
+        env = _start_proxy(root, port)
+    except Exception:
+        # A failed `up` may leave its PostgreSQL server or a proxy that never became ready behind.
+        partial = LiteLLM(url="", master_key="", started_here=True, root=root, port=port,
+                          started_postgres=started_postgres)
+        partial.stop()
+        partial.stop_postgres()
+        raise
     return LiteLLM(url=env["LITELLM_URL"], master_key=env["LITELLM_MASTER_KEY"], started_here=True,
-                   root=root, port=port)
+                   root=root, port=port, started_postgres=started_postgres)
 
 
 def wait_http(url: str, timeout: float = 60.0) -> None:

@@ -19,7 +19,6 @@ import asyncio
 import base64
 import binascii
 import hmac
-import json
 import os
 import random
 import re
@@ -60,7 +59,12 @@ MAX_ATTEMPTS = 20
 
 
 class TokenError(Exception):
-    """A failure with a one-line message meant for the person at the terminal (never holds a token)."""
+    """A failure with a one-line message meant for the person at the terminal (never holds a token);
+    ``status`` is the API server's HTTP status when it refused the call."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -165,24 +169,11 @@ def _b64(value: str) -> str:
     return base64.b64encode(value.encode("utf-8")).decode("ascii")
 
 
-def _status_message(exc: ApiException) -> str:
-    """The API server's own explanation (a Status object), without the response headers."""
-    try:
-        body = json.loads(exc.body) if exc.body else {}
-        message = body.get("message") if isinstance(body, dict) else None
-    except (TypeError, ValueError):
-        message = None
-    return str(message or exc.reason or f"HTTP {exc.status}")
-
-
-def _api_error(exc: ApiException, action: str, namespace: str, secret_name: str) -> TokenError:
-    where = f"Secret {namespace}/{secret_name}"
-    if exc.status == 401:
-        return TokenError(f"cannot {action} {where}: the cluster rejected the credentials (401 Unauthorized)")
-    if exc.status == 403:
-        return TokenError(f"cannot {action} {where}: forbidden by the cluster's access rules: "
-                          f"{_status_message(exc)}")
-    return TokenError(f"cannot {action} {where}: {_status_message(exc)}")
+def _api_error(exc: ApiException, verb: str, namespace: str, secret_name: str) -> TokenError:
+    """One line for a failed call on the token Secret; for a 401 or 403 it names exactly the verb,
+    Secret, namespace and (when the API server says) the user, i.e. what a Role would have to grant."""
+    request = kube.Request(verb, "secrets", namespace, secret_name)
+    return TokenError(kube.refusal(exc, request) or f"cannot {request}: {kube.status_message(exc)}", exc.status)
 
 
 async def _read(core: client.CoreV1Api, namespace: str, secret_name: str) -> client.V1Secret | None:
@@ -191,7 +182,7 @@ async def _read(core: client.CoreV1Api, namespace: str, secret_name: str) -> cli
     except ApiException as exc:
         if exc.status == 404:
             return None
-        raise _api_error(exc, "read", namespace, secret_name) from None
+        raise _api_error(exc, "get", namespace, secret_name) from None
 
 
 async def _backoff(attempt: int) -> None:
@@ -394,6 +385,6 @@ def run(ns: argparse.Namespace) -> int:
         detail = str(exc) or type(exc).__name__
         return _fail(f"cannot reach the Kubernetes API server: {detail}")
     except ApiException as exc:
-        return _fail(f"Kubernetes API error: {_status_message(exc)}")
+        return _fail(f"Kubernetes API error: {kube.status_message(exc)}")
     except KeyboardInterrupt:
         return _fail("interrupted", 130)

@@ -124,8 +124,9 @@ def wants_member_keys(policy: Policy | None) -> bool:
 # ---- Secrets -------------------------------------------------------------------------------------
 def _refused(exc: ApiException, verb: str, namespace: str, name: str | None = None) -> KeyDeliveryError:
     # Verb, resource and place only: the API server's error body may quote the request.
-    return KeyDeliveryError(kube.refusal(exc, verb, "secrets", namespace=namespace, name=name),
-                            FORBIDDEN if exc.status == 403 else DELIVERY_FAILED)
+    request = kube.Request(verb, "secrets", namespace, name)
+    message = kube.refusal(exc, request) or f"cannot {request}: HTTP {exc.status} {exc.reason or ''}".rstrip()
+    return KeyDeliveryError(message, FORBIDDEN if exc.status == 403 else DELIVERY_FAILED)
 
 
 async def list_delivered(

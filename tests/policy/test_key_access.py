@@ -45,7 +45,7 @@ async def test_keys_for_a_namespace_without_access_are_a_forbidden_condition(
 
     cond = await eventually(lambda: _condition(kube_rw, group, "KeysDelivered", "False"), what="KeysDelivered=False")
     assert cond["reason"] == "Forbidden"
-    assert f"cannot list secrets in namespace {outside} (forbidden)" in cond["message"]
+    assert f"cannot list secrets in namespace {outside} (forbidden for system:serviceaccount:" in cond["message"]
     events = await eventually(lambda: _events(kube_rw, group, "Forbidden"), what="a Forbidden event")
     assert events[0][0] == "Warning" and outside in events[0][1]
     # The team itself is not held back, and no key exists that nobody could receive.
@@ -79,7 +79,7 @@ async def test_deleting_a_group_revokes_its_keys_even_where_secrets_cannot_be_re
     assert await admin.team(group) is None
     events = await _events(kube_rw, group, "Forbidden")
     assert events and events[0][0] == "Warning"
-    assert f"cannot list secrets in namespace {apps} (forbidden)" in events[0][1]
+    assert f"cannot list secrets in namespace {apps} (forbidden for system:serviceaccount:" in events[0][1]
 
 
 async def _gone(kube_rw: Kube, group: str) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 import yaml
 from kubernetes_asyncio import client
 
-from litellm_scim import tokens
+from litellm_scim import chart, tokens
 from litellm_scim.peers import free_port
 
 SECRET = tokens.DEFAULT_SECRET
@@ -209,6 +210,128 @@ async def test_missing_kubeconfig_is_one_clear_line(tmp_path: Path) -> None:
     res = await cli("list", "--kubeconfig", str(tmp_path / "nope"))
     assert res.code == 1
     assert res.err == f"litellm-scim token: error: kubeconfig not found: {tmp_path / 'nope'}\n"
+
+
+# --- under RBAC: run as a ServiceAccount, every refusal is one line naming what is missing ---------
+
+
+@dataclass
+class Identity:
+    kubeconfig: str
+    user: str
+
+    def denied(self, verb: str, namespace: str, named: bool = True) -> str:
+        secret = f' "{SECRET}"' if named else ""
+        return (f"litellm-scim token: error: cannot {verb} secrets{secret} in namespace {namespace} "
+                f"(forbidden for {self.user})\n")
+
+
+MakeIdentity = Callable[[str, list[str]], Awaitable[Identity]]
+
+
+async def _wait_authenticated(kubeconfig: str, within: float = 5.0) -> None:
+    """A new ServiceAccount's token is accepted once the API server's cache has the account."""
+    from litellm_scim import kube
+
+    api = await kube.api_client(kubeconfig)
+    async with api:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            try:
+                await client.AuthenticationV1Api(api).create_self_subject_review({})  # type: ignore[arg-type]
+                return
+            except client.exceptions.ApiException as exc:
+                if exc.status != 401 or loop.time() > deadline:
+                    raise
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def identity(kube_api: client.ApiClient, namespace: str, kubeconfig: str, tmp_path: Path) -> MakeIdentity:
+    """identity(name, verbs): a ServiceAccount of the test namespace allowed ``verbs`` on the token Secret
+    only (none: no Role at all), and a kubeconfig with its TokenRequest token, as an operator's
+    automation would run the CLI."""
+
+    async def make(name: str, verbs: list[str]) -> Identity:
+        core, rbac = client.CoreV1Api(kube_api), client.RbacAuthorizationV1Api(kube_api)
+        await core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})  # type: ignore[arg-type]
+        user = chart.service_account_user(namespace, name)
+        if verbs:
+            await rbac.create_namespaced_role(namespace, {  # type: ignore[arg-type]
+                "metadata": {"name": name},
+                "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [SECRET], "verbs": verbs}]})
+            await rbac.create_namespaced_role_binding(namespace, {  # type: ignore[arg-type]
+                "metadata": {"name": name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]})
+            for verb in verbs:
+                await chart.wait_until_allowed(kube_api, user, verb=verb, resource="secrets", namespace=namespace,
+                                               name=SECRET)
+        server, ca = chart.cluster_of(kubeconfig)
+        token = await chart.service_account_token(kube_api, namespace, name)
+        path = chart.write_token_kubeconfig(tmp_path / f"{name}.kubeconfig", server=server, ca_pem=ca, token=token,
+                                            namespace=namespace, user=user)
+        await _wait_authenticated(str(path))
+        return Identity(str(path), user)
+
+    return make
+
+
+async def test_without_rights_every_action_names_the_refused_get(
+        identity: MakeIdentity, kube_api: client.ApiClient, namespace: str) -> None:
+    await tokens.create_token(kube_api, namespace, SECRET, "okta")
+    nobody = await identity("nobody", [])
+    for action in (["list"], ["create", "entra"], ["revoke", "okta"]):
+        res = await cli(*action, "--namespace", namespace, "--kubeconfig", nobody.kubeconfig)
+        assert (res.code, res.err) == (1, nobody.denied("get", namespace)), action
+        assert "Secret token" not in res.out
+
+
+async def test_read_only_create_and_revoke_name_the_write_verb_they_lack(
+        identity: MakeIdentity, kube_api: client.ApiClient, namespace: str) -> None:
+    reader = await identity("reader", ["get"])
+    common = ["--namespace", namespace, "--kubeconfig", reader.kubeconfig]
+
+    # No Secret yet: creating it is a create, which RBAC never matches by name.
+    res = await cli("create", "okta", *common)
+    assert (res.code, res.err) == (1, reader.denied("create", namespace, named=False))
+
+    _, okta = await tokens.create_token(kube_api, namespace, SECRET, "okta")
+    listed = await cli("list", *common)
+    assert listed.code == 0 and "okta" in listed.out, listed.err
+    for action in (["create", "entra"], ["revoke", "okta"]):
+        res = await cli(*action, *common)
+        assert (res.code, res.err) == (1, reader.denied("update", namespace)), action
+        assert "Secret token" not in res.out
+    assert tokens.parse_token_secret(await read_secret(kube_api, namespace)) == {"okta": okta}
+
+
+async def test_rights_on_the_token_secret_alone_are_enough(
+        identity: MakeIdentity, kube_api: client.ApiClient, namespace: str) -> None:
+    await tokens.create_token(kube_api, namespace, SECRET, "okta")  # e.g. made by the chart at install
+    keeper = await identity("keeper", ["get", "update", "patch"])
+    common = ["--namespace", namespace, "--kubeconfig", keeper.kubeconfig]
+
+    created = await cli("create", "entra", *common)
+    assert created.code == 0, created.err
+    entra = token_from(created.out)
+    listed = await cli("list", *common)
+    assert listed.code == 0 and {"okta", "entra"} <= set(listed.out.split()), listed.err
+    revoked = await cli("revoke", "okta", *common)
+    assert revoked.code == 0, revoked.err
+    assert tokens.parse_token_secret(await read_secret(kube_api, namespace)) == {"entra": entra}
+
+
+async def test_rejected_credentials_are_one_line(kubeconfig: str, namespace: str, tmp_path: Path) -> None:
+    server, ca = chart.cluster_of(kubeconfig)
+    forged = chart.write_token_kubeconfig(tmp_path / "forged", server=server, ca_pem=ca, token="not-a-token",
+                                          namespace=namespace, user="forged")
+    for action in (["list"], ["create"], ["revoke", "x"]):
+        res = await cli(*action, "--namespace", namespace, "--kubeconfig", str(forged))
+        assert res.code == 1, res
+        assert res.err == (f'litellm-scim token: error: cannot get secrets "{SECRET}" in namespace {namespace}: '
+                           "the cluster rejected the credentials (401 Unauthorized)\n")
 
 
 # --- the Secret format the endpoint shares ---------------------------------------------------------
