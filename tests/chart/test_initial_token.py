@@ -127,6 +127,7 @@ async def test_a_secret_without_the_request_gets_no_token(
         assert await tokens.issue_initial_token(api, namespace, SECRET) is None
 
 
+@pytest.mark.denials("the endpoint runs under a Role without the update rule on purpose")
 async def test_without_the_update_rule_the_endpoint_says_why_and_keeps_serving(
         as_endpoint: AsEndpoint, kube_api: client.ApiClient, namespace: str, tmp_path: Path) -> None:
     """A Secret asking for a token, but the Role of scimTokens.create=false (read only): the endpoint

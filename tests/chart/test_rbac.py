@@ -83,8 +83,10 @@ def test_endpoint_reads_and_writes_the_scim_resources_and_only_its_token_secret(
     assert set(granted) == {manifests.namespace}, "the endpoint works in its own namespace only"
     rules = granted[manifests.namespace]
     for kind in SCIM_KINDS:
-        for verb in ["get", "list", "watch", *WRITE_VERBS]:
+        for verb in ["get", "list", "watch", "create", "update", "delete"]:
             assert allows(rules, GROUP, kind, verb), f"endpoint cannot {verb} {kind}"
+        # Every write of the endpoint is a create, a conditional replace or a delete.
+        assert not allows(rules, GROUP, kind, "patch")
     # Status belongs to the operator.
     assert not allows(rules, GROUP, "scimusers/status", "patch")
 
@@ -126,6 +128,9 @@ def test_operator_reads_resources_writes_status_events_and_key_secrets_only_wher
         for verb in ["get", "list", "watch", "patch"]:
             assert allows(rules, GROUP, kind, verb)
         assert allows(rules, GROUP, f"{kind}/status", "patch")
+        # Metadata and status are merge-patched: never a replace of the whole object.
+        assert not allows(rules, GROUP, kind, "update")
+        assert not allows(rules, GROUP, f"{kind}/status", "update")
         assert not allows(rules, GROUP, kind, "create"), "the spec is the endpoint's"
         assert not allows(rules, GROUP, kind, "delete")
     for verb in ["get", "list", "watch", "patch"]:
