@@ -11,6 +11,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY litellm_scim/ litellm_scim/
+COPY scim_common/ scim_common/
 COPY scim_contract/ scim_contract/
 COPY scim_endpoint/ scim_endpoint/
 COPY scim_operator/ scim_operator/

@@ -37,7 +37,8 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio import client
 
-from litellm_scim import kube, peers, tokens
+from litellm_scim import chart, peers
+from scim_common import kube, tokens
 from scim_contract import (
     API_GROUP,
     API_VERSION,
@@ -281,11 +282,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         api = await kube.api_client(cluster.kubeconfig)
         skip_environment_lookups(api)  # as the endpoint does: the raw floor uses the same client setup
         async with api:
-            await kube.apply_crds(api)
+            await chart.apply_crds(api)
             namespace = f"bench-{uuid.uuid4().hex[:8]}"
             raw_namespace = f"{namespace}-raw"
             for ns in (namespace, raw_namespace):
-                await kube.ensure_namespace(api, ns)
+                await chart.ensure_namespace(api, ns)
             _, token = await tokens.create_token(api, namespace, name="bench")
 
             port = peers.free_port()

@@ -33,7 +33,8 @@ from kubernetes_asyncio import client, watch
 
 import scim_contract as c
 from bench import litellm_floor
-from litellm_scim import kube, peers, tokens
+from litellm_scim import chart, peers
+from scim_common import kube, tokens
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "operator"))
@@ -281,8 +282,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     http = aiohttp.ClientSession(headers={"Authorization": f"Bearer {proxy.master_key}"})
     stack = contextlib.AsyncExitStack()
     try:
-        await kube.apply_crds(api)
-        await kube.ensure_namespace(api, ns)
+        await chart.apply_crds(api)
+        await chart.ensure_namespace(api, ns)
         rnd = random.Random(7)
         users = [f"u{i:05d}-{ns}" for i in range(args.users)]
         groups = {

@@ -18,9 +18,15 @@ import yaml
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from litellm_scim import kube, peers
+from litellm_scim import peers
 
 CHART = peers.REPO / "charts" / "litellm-scim-operator"
+CRD_DIR = peers.REPO / "crds"
+# Kopf's KopfPeering CRD, as the chart ships it (a sub-chart, so it can be left out where another
+# Kopf operator installed it already).
+PEERING_CRD_DIR = CHART / "charts" / "kopf-peering" / "crds"
+
+
 
 # Kinds a cluster without a kubelet can hold: everything the chart renders except workloads, Services
 # and network objects. `apply` refuses other kinds instead of silently dropping them.
@@ -29,6 +35,55 @@ OBJECT_KINDS = ("Namespace", "CustomResourceDefinition", *RBAC_KINDS, "Secret", 
 
 # How long the tokens dev and the tests request stay valid (a pod's token is refreshed by the kubelet).
 TOKEN_SECONDS = 24 * 3600
+
+
+def crd_manifests(*directories: Path) -> list[dict[str, Any]]:
+    """The CRDs in the given folders (default: the project's own and Kopf's peering CRD)."""
+    docs: list[dict[str, Any]] = []
+    for directory in directories or (CRD_DIR, PEERING_CRD_DIR):
+        for path in sorted(directory.glob("*.yaml")):
+            docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+    return docs
+
+
+async def apply_crds(api: client.ApiClient, manifests: list[dict[str, Any]] | None = None,
+                     wait_seconds: float = 30.0) -> None:
+    """Create or replace each CRD, then wait until the API server serves all of them."""
+    ext = client.ApiextensionsV1Api(api)
+    manifests = crd_manifests() if manifests is None else manifests
+    for crd in manifests:
+        name = crd["metadata"]["name"]
+        try:
+            current = await ext.read_custom_resource_definition(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            await ext.create_custom_resource_definition(crd)  # type: ignore[arg-type]
+            continue
+        body = dict(crd)
+        body["metadata"] = {**crd["metadata"], "resourceVersion": current.metadata.resource_version}
+        await ext.replace_custom_resource_definition(name, body)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_seconds
+    for crd in manifests:
+        name = crd["metadata"]["name"]
+        while True:
+            current = await ext.read_custom_resource_definition(name)
+            conditions = current.status.conditions or [] if current.status else []
+            if any(c.type == "Established" and c.status == "True" for c in conditions):
+                break
+            if loop.time() > deadline:
+                raise TimeoutError(f"CRD {name} not established after {wait_seconds}s")
+            await asyncio.sleep(0.1)
+
+
+async def ensure_namespace(api: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(api)
+    try:
+        await core.create_namespace({"metadata": {"name": namespace}})  # type: ignore[arg-type]
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
 
 
 class ChartError(Exception):
@@ -73,7 +128,7 @@ async def apply(api: client.ApiClient, docs: Iterable[Mapping[str, Any]]) -> Non
         raise ValueError(f"cannot apply objects of kind {', '.join(unknown)} here")
     crds = [d for d in objects if d["kind"] == "CustomResourceDefinition"]
     if crds:
-        await kube.apply_crds(api, crds)
+        await apply_crds(api, crds)
     for doc in sorted((d for d in objects if d["kind"] != "CustomResourceDefinition"),
                       key=lambda d: OBJECT_KINDS.index(d["kind"])):
         await _create_or_replace(api, doc)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
-from litellm_scim.settings import EndpointSettings, OperatorSettings
+from scim_common.settings import EndpointSettings, OperatorSettings
 
 
 def _flag(field_name: str) -> str:
@@ -83,7 +83,7 @@ def _run_dev(ns: argparse.Namespace) -> int:
 
 
 def _run_token(ns: argparse.Namespace) -> int:
-    from litellm_scim.tokens import run
+    from litellm_scim.token_command import run
 
     return int(run(ns))
 

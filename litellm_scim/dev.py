@@ -36,7 +36,8 @@ from typing import IO, Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from litellm_scim import chart, kube, peers, tokens
+from litellm_scim import chart, peers
+from scim_common import kube, tokens
 
 DEV_TOKEN_NAME = "dev"  # noqa: S105 - the name of the token, not a token
 RELEASE = "dev"  # the Helm release name the chart's objects are rendered for
@@ -251,9 +252,9 @@ class Dev:
         async with api:
             say("Installing the CRDs (Kopf's KopfPeering included) and the namespace ...")
             with self._refused(kube.Request("create", "customresourcedefinitions")):
-                await kube.apply_crds(api)
+                await chart.apply_crds(api)
             with self._refused(kube.Request("create", "namespaces")):
-                await kube.ensure_namespace(api, self.namespace)
+                await chart.ensure_namespace(api, self.namespace)
             say(f"Applying the chart's ServiceAccounts, Roles and RoleBindings (release {RELEASE!r}) ...")
             await self.apply_rbac(api, docs)
             peering = await self.ensure_peering(api, docs)

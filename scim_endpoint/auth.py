@@ -13,7 +13,7 @@ from functools import partial
 
 from kubernetes_asyncio import client
 
-from litellm_scim.tokens import TokenError, initial_token_wanted, issue_initial_token, match_token, parse_token_secret
+from scim_common.tokens import TokenError, initial_token_wanted, issue_initial_token, match_token, parse_token_secret
 from scim_endpoint.informer import Informer, Obj
 
 log = logging.getLogger(__name__)

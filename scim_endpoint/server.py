@@ -10,9 +10,9 @@ import signal
 
 from aiohttp import web
 
-from litellm_scim import kube
-from litellm_scim.logs import setup_logging
-from litellm_scim.settings import EndpointSettings
+from scim_common import kube
+from scim_common.logs import setup_logging
+from scim_common.settings import EndpointSettings
 from scim_endpoint.app import create_app
 from scim_endpoint.auth import Tokens
 from scim_endpoint.kubeapi import skip_environment_lookups

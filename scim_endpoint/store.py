@@ -35,6 +35,7 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from scim_common import clock
 from scim_contract import (
     ANNOTATION_LAST_MODIFIED,
     API_GROUP,
@@ -75,16 +76,6 @@ class Unavailable(Exception):
     """The Kubernetes API failed; answered as 503."""
 
 
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    with contextlib.suppress(ValueError):
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return None
 
 
 @dataclass
@@ -560,7 +551,7 @@ class Store:
     async def _claim(self, kind: str, value: str, owner: str) -> None:
         name = claim_name(kind, value)
         body = self._object(CLAIM.kind, name, {"resourceKind": kind, "value": value, "owner": owner})
-        body["metadata"]["annotations"] = {ANNOTATION_CLAIMED_AT: now_rfc3339()}
+        body["metadata"]["annotations"] = {ANNOTATION_CLAIMED_AT: clock.rfc3339()}
         what = "userName" if kind == "User" else "displayName"
         for _ in range(3):
             try:
@@ -578,7 +569,7 @@ class Store:
             taken = dict(existing)
             taken["spec"] = body["spec"]
             taken["metadata"] = {**existing["metadata"], "annotations": {
-                **(existing["metadata"].get("annotations") or {}), ANNOTATION_CLAIMED_AT: now_rfc3339()}}
+                **(existing["metadata"].get("annotations") or {}), ANNOTATION_CLAIMED_AT: clock.rfc3339()}}
             try:
                 await self._replace(CLAIM.plural, name, taken)
                 log.info("took over stale %s claim %s", kind, name)
@@ -591,7 +582,7 @@ class Store:
         """A claim can be taken over when its owner is gone or holds another value, and it is old
         enough that its owner cannot be a write still in flight."""
         md = claim["metadata"]
-        stamp = _parse_time((md.get("annotations") or {}).get(ANNOTATION_CLAIMED_AT) or md.get("creationTimestamp"))
+        stamp = clock.parse((md.get("annotations") or {}).get(ANNOTATION_CLAIMED_AT) or md.get("creationTimestamp"))
         if stamp is None or (datetime.now(UTC) - stamp).total_seconds() < CLAIM_GRACE:
             return False
         spec = claim["spec"]
@@ -620,7 +611,7 @@ class Store:
             # twice as long (it rebuilds them), measured on the member-shard rewrite path.
             metadata = dict(base["metadata"])
         if kind in (USER.kind, GROUP.kind):
-            metadata["annotations"] = {**(metadata.get("annotations") or {}), ANNOTATION_LAST_MODIFIED: now_rfc3339()}
+            metadata["annotations"] = {**(metadata.get("annotations") or {}), ANNOTATION_LAST_MODIFIED: clock.rfc3339()}
             if base is None:
                 metadata["finalizers"] = [FINALIZER]
         return {"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "spec": spec}

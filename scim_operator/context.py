@@ -8,7 +8,7 @@ from typing import Any
 
 import kopf
 
-from litellm_scim.settings import OperatorSettings
+from scim_common.settings import OperatorSettings
 from scim_contract import ResourceKind
 from scim_operator import metrics
 from scim_operator.bookkeeping import StatusDiffBase

@@ -11,7 +11,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from litellm_scim import kube
+from scim_common import kube
 from scim_contract import API_GROUP, GROUP, SHARD, USER, VERSION, ScimUserSpec
 from scim_operator import groups, policy_handlers, users
 from scim_operator.context import Operator

@@ -13,9 +13,9 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from scim_common import clock
 from scim_contract import API_GROUP
 
 MANAGED_BY = ("app.kubernetes.io/managed-by", "litellm-scim-operator")
@@ -99,13 +99,6 @@ def labels(ref: KeyRef) -> dict[str, str]:
     return result
 
 
-def rfc3339(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def epoch(value: str) -> float:
-    """Seconds since the epoch from an RFC 3339 time; ValueError when it is none."""
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 @dataclass(frozen=True)
@@ -124,7 +117,7 @@ def retiring(annotations: Mapping[str, str] | None) -> list[Retiring]:
         return []
     try:
         items = json.loads(raw)
-        return [Retiring(str(i["hash"]), epoch(str(i["deleteAt"]))) for i in items]
+        return [Retiring(str(i["hash"]), clock.epoch(str(i["deleteAt"]))) for i in items]
     except (ValueError, KeyError, TypeError):
         return []
 
@@ -132,7 +125,8 @@ def retiring(annotations: Mapping[str, str] | None) -> list[Retiring]:
 def retiring_value(items: list[Retiring]) -> str | None:
     if not items:
         return None
-    return json.dumps([{"hash": r.key_hash, "deleteAt": rfc3339(r.delete_at)} for r in items], separators=(",", ":"))
+    listed = [{"hash": r.key_hash, "deleteAt": clock.rfc3339(r.delete_at, millis=True)} for r in items]
+    return json.dumps(listed, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -158,7 +152,7 @@ def read(secret: Mapping[str, Any]) -> Delivered | None:
     group_ns, _, group = str(ann[ANN_GROUP]).partition("/")
     ref = KeyRef(group_ns, group, ann.get(ANN_USER) or None, str(meta.get("namespace")))
     try:
-        issued = epoch(str(ann.get(ANN_ISSUED) or ""))
+        issued = clock.epoch(str(ann.get(ANN_ISSUED) or ""))
     except ValueError:
         issued = 0.0
     return Delivered(
@@ -189,7 +183,7 @@ def secret_body(
         ANN_GROUP: f"{ref.source_namespace}/{ref.group}",
         ANN_HASH: key_hash,
         ANN_ALIAS: key_alias(ref),
-        ANN_ISSUED: rfc3339(issued_at),
+        ANN_ISSUED: clock.rfc3339(issued_at, millis=True),
         ANN_ROTATION: rotation_request,
     }
     if ref.user:

@@ -20,7 +20,7 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from litellm_scim import kube
+from scim_common import kube
 from scim_contract import GROUP, KeySpec
 from scim_operator import key_secrets as ks
 from scim_operator.context import Operator

@@ -14,9 +14,9 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import SecretStr
 
-from litellm_scim import kube
-from litellm_scim.logs import setup_logging
-from litellm_scim.settings import OperatorSettings
+from scim_common import kube
+from scim_common.logs import setup_logging
+from scim_common.settings import OperatorSettings
 from scim_contract import API_GROUP, FINALIZER
 from scim_operator import metrics
 from scim_operator.bookkeeping import StatusDiffBase

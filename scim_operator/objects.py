@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from scim_common import clock
 from scim_contract import ScimGroupSpec, ScimUserSpec
 
 
 def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return clock.rfc3339()
 
 
 # ---- identities ------------------------------------------------------------------------------

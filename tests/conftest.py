@@ -19,7 +19,8 @@ import pytest
 from kubernetes_asyncio import client
 from product_access import RELEASE, ChartAccess, apiserver_log, product_denials
 
-from litellm_scim import chart, kube, peers
+from litellm_scim import chart, peers
+from scim_common import kube
 from scim_contract import API_GROUP, FINALIZER, GROUP, USER, VERSION
 
 # The operator tests' fixtures (tests/operator/operator_fixtures.py) are a plugin rather than a second
@@ -40,7 +41,7 @@ def cluster(state_dir: Path) -> Iterator[peers.KubeCluster]:
     async def install() -> None:
         api = await kube.api_client(found.kubeconfig)
         async with api:
-            await kube.apply_crds(api)
+            await chart.apply_crds(api)
 
     asyncio.run(install())
     yield found
@@ -63,7 +64,7 @@ async def kube_api(kubeconfig: str) -> AsyncIterator[client.ApiClient]:
 async def namespace(kube_api: client.ApiClient) -> AsyncIterator[str]:
     """A fresh namespace per test, so tests never see each other's resources."""
     name = f"t-{uuid.uuid4().hex[:10]}"
-    await kube.ensure_namespace(kube_api, name)
+    await chart.ensure_namespace(kube_api, name)
     yield name
     # ScimUsers and ScimGroups carry the operator's finalizer from their creation; with no operator
     # left to remove it, a real cluster would keep the namespace Terminating.
@@ -103,7 +104,7 @@ async def chart_access(kube_api: client.ApiClient, kubeconfig: str, namespace: s
                        key_secret_namespaces: list[str], tmp_path: Path) -> ChartAccess:
     docs = chart.render(chart_values(namespace, key_secret_namespaces), release=RELEASE, namespace=namespace)
     for other in key_secret_namespaces:
-        await kube.ensure_namespace(kube_api, other)
+        await chart.ensure_namespace(kube_api, other)
     await chart.apply(kube_api, chart.of_kinds(docs, (*chart.RBAC_KINDS, "KopfPeering")))
     server, ca = chart.cluster_of(kubeconfig)
     paths: dict[str, str] = {}

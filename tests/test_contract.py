@@ -9,11 +9,11 @@ from kubernetes_asyncio import client
 from pydantic import BaseModel
 
 import scim_contract as c
-from litellm_scim import kube
+from litellm_scim import chart
 
 
 def _schema(kind: str) -> dict[str, Any]:
-    for crd in kube.crd_manifests(kube.CRD_DIR):
+    for crd in chart.crd_manifests(chart.CRD_DIR):
         if crd["spec"]["names"]["kind"] == kind:
             return dict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
     raise AssertionError(f"no CRD for {kind}")

@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 from kubernetes_asyncio import client
 
-from litellm_scim import chart, tokens
+from litellm_scim import chart
+from scim_common import tokens
 from scim_contract import API_GROUP, USER
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,8 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 from product_access import ChartAccess, apiserver_log, product_denials
 
-from litellm_scim import kube, peers
+from litellm_scim import peers
+from scim_common import kube
 
 
 @pytest.mark.denials("provokes a refusal to show that the guard sees it")

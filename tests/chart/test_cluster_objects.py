@@ -8,7 +8,8 @@ import yaml
 from helmchart import CHART, REPO, Render
 from kubernetes_asyncio import client
 
-from litellm_scim import kube, tokens
+from litellm_scim import chart
+from scim_common import tokens
 
 TOP_CRDS = REPO / "crds"
 CHART_CRDS = CHART / "crds"
@@ -26,20 +27,20 @@ def test_chart_crds_are_byte_identical_to_the_top_level_crds() -> None:
 
 def test_kopf_peering_crd_is_kept_apart_and_optional(render: Render) -> None:
     """Kopf's CRD ships in the bundled subchart, so the project's crds/ stay the contract only."""
-    names = {d["metadata"]["name"] for d in kube.crd_manifests(PEERING_CRDS)}
+    names = {d["metadata"]["name"] for d in chart.crd_manifests(PEERING_CRDS)}
     assert names == {"kopfpeerings.kopf.dev"}
     with_crd = render(extra_args=("--include-crds",))
     crds = {d["metadata"]["name"] for d in with_crd.of_kind("CustomResourceDefinition")}
-    assert crds == names | {d["metadata"]["name"] for d in kube.crd_manifests(CHART_CRDS)}
+    assert crds == names | {d["metadata"]["name"] for d in chart.crd_manifests(CHART_CRDS)}
     without = render({"operator": {"peering": {"installCRD": False}}}, extra_args=("--include-crds",))
     assert "kopfpeerings.kopf.dev" not in {d["metadata"]["name"] for d in without.of_kind("CustomResourceDefinition")}
 
 
 async def test_crds_and_peering_object_apply_to_the_api_server(
         kube_api: client.ApiClient, namespace: str, render: Render) -> None:
-    await kube.apply_crds(kube_api, kube.crd_manifests(CHART_CRDS) + kube.crd_manifests(PEERING_CRDS))
+    await chart.apply_crds(kube_api, chart.crd_manifests(CHART_CRDS) + chart.crd_manifests(PEERING_CRDS))
     ext = client.ApiextensionsV1Api(kube_api)
-    for crd in kube.crd_manifests(CHART_CRDS) + kube.crd_manifests(PEERING_CRDS):
+    for crd in chart.crd_manifests(CHART_CRDS) + chart.crd_manifests(PEERING_CRDS):
         served = await ext.read_custom_resource_definition(crd["metadata"]["name"])
         assert any(c.type == "Established" and c.status == "True" for c in served.status.conditions)
 

@@ -29,7 +29,8 @@ from helmrelease import (
 from kubernetes_asyncio import client
 from operator_helpers import eventually, start_endpoint, stop_endpoint
 
-from litellm_scim import chart, tokens
+from litellm_scim import chart
+from scim_common import tokens
 
 pytestmark = pytest.mark.slow
 

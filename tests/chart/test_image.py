@@ -32,9 +32,9 @@ def test_installed_wheel_runs_its_entry_points(wheel_venv: Path, argv: list[str]
 @pytest.mark.slow
 def test_installed_wheel_imports_both_processes_from_site_packages(wheel_venv: Path) -> None:
     """Run outside the checkout, so nothing is imported from the source tree by accident."""
-    code = ("import scim_endpoint, scim_operator, scim_contract, litellm_scim, sys; "
+    code = ("import scim_endpoint, scim_operator, scim_contract, scim_common, litellm_scim, sys; "
             "print(all('site-packages' in m.__file__ for m in "
-            "(scim_endpoint, scim_operator, scim_contract, litellm_scim)))")
+            "(scim_endpoint, scim_operator, scim_contract, scim_common, litellm_scim)))")
     proc = subprocess.run([str(wheel_venv / "python"), "-c", code], capture_output=True, text=True,
                           check=False, cwd="/")
     assert proc.returncode == 0, proc.stderr
@@ -95,7 +95,7 @@ def test_dockerignore_keeps_the_context_to_what_the_build_copies() -> None:
 @pytest.mark.slow
 def test_installed_wheel_carries_the_data_files_the_code_reads(wheel_venv: Path) -> None:
     """Files other than Python sources that the packages hold must reach the image, which has only the wheel."""
-    packages = ["litellm_scim", "scim_contract", "scim_endpoint", "scim_operator"]
+    packages = ["litellm_scim", "scim_common", "scim_contract", "scim_endpoint", "scim_operator"]
     data = sorted(str(p.relative_to(REPO)) for pkg in packages for p in (REPO / pkg).rglob("*")
                   if p.is_file() and p.suffix not in {".py", ".pyc"} and "__pycache__" not in p.parts)
     site = subprocess.run([str(wheel_venv / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],

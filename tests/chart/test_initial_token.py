@@ -16,7 +16,8 @@ from helmchart import REQUIRED_VALUES, TOKEN_PATTERN, deep_merge, service_accoun
 from kubernetes_asyncio import client
 from operator_helpers import EndpointProcess, eventually, start_endpoint, stop_endpoint
 
-from litellm_scim import chart, kube, tokens
+from litellm_scim import chart
+from scim_common import kube, tokens
 
 SECRET = tokens.DEFAULT_SECRET
 

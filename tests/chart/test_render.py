@@ -13,9 +13,9 @@ import pytest
 import yaml
 from helmchart import CHART, REQUIRED_VALUES, TOKEN_PATTERN, Manifests, Render, RenderError
 
-from litellm_scim import tokens
 from litellm_scim.cli import build_parser, settings_from_args
-from litellm_scim.settings import EndpointSettings, OperatorSettings
+from scim_common import tokens
+from scim_common.settings import EndpointSettings, OperatorSettings
 
 NON_DEFAULT: dict[str, Any] = {
     "image": {"repository": "registry.example.com/platform/litellm-scim", "tag": "1.2.3"},

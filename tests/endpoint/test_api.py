@@ -273,7 +273,7 @@ async def test_api_server_failures_are_503_scim_errors(endpoint_kubeconfig: str,
     from aiohttp.test_utils import TestClient, TestServer
     from scim_http import TOKEN_SECRET
 
-    from litellm_scim import kube
+    from scim_common import kube
     from scim_endpoint.app import create_app
     from scim_endpoint.auth import Tokens
     from scim_endpoint.store import Store

@@ -11,7 +11,7 @@ import pytest
 from kubernetes_asyncio import client
 from stored import get_object, stored_claims, stored_group, stored_members, stored_shards, stored_user
 
-from litellm_scim import kube
+from scim_common import kube
 from scim_contract import (
     API_GROUP,
     API_VERSION,

@@ -12,7 +12,7 @@ import pytest
 from kubernetes_asyncio import client
 from operator_helpers import Admin, OperatorProcess, eventually, start_endpoint, stop_endpoint
 
-from litellm_scim import tokens
+from scim_common import tokens
 
 pytestmark = [pytest.mark.litellm, pytest.mark.slow]
 

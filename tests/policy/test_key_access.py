@@ -12,7 +12,7 @@ from operator_helpers import Admin, Kube, OperatorProcess, eventually
 from policy_helpers import put_policy, secret_data
 
 import scim_contract as c
-from litellm_scim import kube
+from litellm_scim import chart
 
 pytestmark = [pytest.mark.litellm, pytest.mark.slow]
 
@@ -38,7 +38,7 @@ async def test_keys_for_a_namespace_without_access_are_a_forbidden_condition(
 ) -> None:
     start_operator(drift_interval="600")
     group, outside = ids("ops"), f"{namespace}-outside"
-    await kube.ensure_namespace(kube_rw.core.api_client, outside)
+    await chart.ensure_namespace(kube_rw.core.api_client, outside)
     await put_policy(kube_rw, "ops", {"selector": {"displayNamePattern": "ops*"},
                                       "keys": {"perTeam": {"enabled": True, "secretNamespaces": [outside]}}})
     await kube_rw.create(c.GROUP, group, {"displayName": f"Ops {namespace}"})

@@ -10,7 +10,7 @@ from operator_helpers import Admin, Kube, OperatorProcess, eventually
 from policy_helpers import put_policy, secret, secret_data
 
 import scim_contract as c
-from litellm_scim import kube
+from litellm_scim import chart
 
 pytestmark = [pytest.mark.litellm, pytest.mark.slow]
 
@@ -42,7 +42,7 @@ async def test_member_and_team_keys_are_delivered_and_revoked(
     operator = start_operator(drift_interval="600", log_level="debug")
     ann, ben, group = ids("ann"), ids("ben"), ids("eng")
     other_ns = f"{namespace}-apps"
-    await kube.ensure_namespace(kube_rw.core.api_client, other_ns)
+    await chart.ensure_namespace(kube_rw.core.api_client, other_ns)
     # A Secret someone else owns, with the name the team key's Secret would get in that namespace.
     await kube_rw.core.create_namespaced_secret(other_ns, {  # type: ignore[arg-type]
         "metadata": {"name": f"litellm-team-key-{group}"}, "data": {"api-key": "bm90LW91cnM="}})  # not-ours

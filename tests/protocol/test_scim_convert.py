@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from litellm_scim import kube
+from litellm_scim import chart
 from scim_contract import ScimGroupSpec, ScimUserSpec
 from scim_endpoint import convert
 from scim_endpoint.convert import (
@@ -296,7 +296,7 @@ def _crd_limits(schema: dict[str, Any], path: str, out: dict[str, int]) -> None:
 
 @pytest.mark.parametrize("kind", ["ScimUser", "ScimGroup"])
 def test_length_limits_match_the_crds(kind: str) -> None:
-    crd = next(c for c in kube.crd_manifests() if c["spec"]["names"]["kind"] == kind)
+    crd = next(c for c in chart.crd_manifests() if c["spec"]["names"]["kind"] == kind)
     limits: dict[str, int] = {}
     _crd_limits(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"], "", limits)
     assert limits

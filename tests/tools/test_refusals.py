@@ -8,7 +8,7 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from litellm_scim import kube
+from scim_common import kube
 
 USER = "system:serviceaccount:scim:ops"
 

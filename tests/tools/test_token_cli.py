@@ -15,8 +15,9 @@ import pytest
 import yaml
 from kubernetes_asyncio import client
 
-from litellm_scim import chart, tokens
+from litellm_scim import chart
 from litellm_scim.peers import free_port
+from scim_common import tokens
 
 SECRET = tokens.DEFAULT_SECRET
 
@@ -231,7 +232,7 @@ MakeIdentity = Callable[[str, list[str]], Awaitable[Identity]]
 
 async def _wait_authenticated(kubeconfig: str, within: float = 5.0) -> None:
     """A new ServiceAccount's token is accepted once the API server's cache has the account."""
-    from litellm_scim import kube
+    from scim_common import kube
 
     api = await kube.api_client(kubeconfig)
     async with api:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from operator_helpers import start_endpoint, stop_endpoint
 
-from litellm_scim import tokens
+from scim_common import tokens
 
 CHANGE_WITHIN = 15.0  # generous for a loaded CI machine; the measured time is printed
 
@@ -79,7 +79,7 @@ async def test_endpoint_accepts_exactly_what_parse_token_secret_reads(
     # A hand-made entry (kubectl create secret --from-file keeps a trailing newline) works like a CLI token.
     from kubernetes_asyncio import client
 
-    from litellm_scim import kube
+    from scim_common import kube
 
     api = await kube.api_client(kubeconfig)
     async with api:

@@ -1,4 +1,5 @@
-"""The SCIM bearer tokens: their Secret format, reading and writing it, and ``litellm-scim token``.
+"""The SCIM bearer tokens: their Secret format, and reading and writing it (``litellm-scim token`` and
+the endpoint use both).
 
 One Secret (default ``litellm-scim-tokens``) holds every token the endpoint accepts: each ``data``
 entry is one token (key = token name, value = the token) and the annotation
@@ -14,28 +15,23 @@ endpoint issues it with :func:`issue_initial_token`."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import binascii
 import hmac
-import os
 import random
 import re
 import secrets
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
-from kubernetes_asyncio.config import ConfigException
 
-from litellm_scim import kube
-from litellm_scim.settings import EndpointSettings
+from scim_common import clock, kube
+from scim_common.settings import EndpointSettings
 
 # The endpoint reads the same Secret name by default: one place for it, the settings.
 DEFAULT_SECRET = str(EndpointSettings.model_fields["token_secret"].default)
@@ -141,10 +137,6 @@ def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
 
 
-def now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def check_name(name: str) -> None:
     if not NAME_PATTERN.match(name):
         raise TokenError(
@@ -202,7 +194,7 @@ async def create_token(api: client.ApiClient, namespace: str, secret_name: str =
     token = new_token()
     for attempt in range(MAX_ATTEMPTS):
         secret = await _read(core, namespace, secret_name)
-        created = now_rfc3339()
+        created = clock.rfc3339()
         if secret is None:
             chosen = name or _free_default_name({}, name_prefix)
             body = {
@@ -264,7 +256,7 @@ async def issue_initial_token(api: client.ApiClient, namespace: str,
         if secret is None or name is None:
             return None
         check_name(name)
-        created = now_rfc3339()
+        created = clock.rfc3339()
         body = api.sanitize_for_serialization(secret)  # carries metadata.resourceVersion: conditional
         body["data"] = {**(body.get("data") or {}), name: _b64(new_token())}
         annotations = body["metadata"].setdefault("annotations", {})
@@ -316,75 +308,3 @@ async def revoke_token(api: client.ApiClient, namespace: str, secret_name: str, 
                 continue
             raise _api_error(exc, "update", namespace, secret_name) from None
     raise TokenError(f"Secret {namespace}/{secret_name} kept changing; gave up after {MAX_ATTEMPTS} attempts")
-
-
-# --- the command line ----------------------------------------------------------------------------
-
-
-def tenant_url(base_url: str | None) -> str | None:
-    """The SCIM tenant URL an IdP needs: the base URL, with ``/scim/v2`` added when only a host is given."""
-    if not base_url:
-        return None
-    url = base_url.rstrip("/")
-    path = url.split("://", 1)[-1].partition("/")[2]
-    return url if path else f"{url}/scim/v2"
-
-
-async def _connected(ns: argparse.Namespace) -> int:
-    api = await kube.api_client(ns.kubeconfig)
-    async with api:
-        if ns.action == "create":
-            name, token = await create_token(api, ns.namespace, ns.token_secret, ns.name)
-            url = tenant_url(ns.base_url)
-            print(f"Created SCIM token {name!r} in Secret {ns.namespace}/{ns.token_secret}.")
-            if url:
-                print(f"SCIM tenant URL: {url}")
-            else:
-                print("SCIM tenant URL: https://<your SCIM endpoint host>/scim/v2 "
-                      "(pass --base-url or set LITELLM_SCIM_BASE_URL to print it here)")
-            print(f"Secret token:    {token}")
-            print("The token is shown only this once: paste it into your identity provider now.")
-        elif ns.action == "list":
-            infos = await list_tokens(api, ns.namespace, ns.token_secret)
-            if not infos:
-                print(f"No tokens in Secret {ns.namespace}/{ns.token_secret}.")
-            else:
-                width = max(4, *(len(i.name) for i in infos))
-                print(f"{'NAME':<{width}}  CREATED")
-                for info in infos:
-                    print(f"{info.name:<{width}}  {info.created or 'unknown'}")
-        else:
-            await revoke_token(api, ns.namespace, ns.token_secret, ns.name)
-            print(f"Revoked SCIM token {ns.name!r} (Secret {ns.namespace}/{ns.token_secret}).")
-    return 0
-
-
-def _fail(message: str, code: int = 1) -> int:
-    print(f"litellm-scim token: error: {message}", file=sys.stderr)
-    return code
-
-
-def run(ns: argparse.Namespace) -> int:
-    """``litellm-scim token create|list|revoke``; every failure is one line on stderr and exit code 1."""
-    ns.namespace = ns.namespace or os.environ.get("LITELLM_SCIM_NAMESPACE", "default")
-    ns.token_secret = ns.token_secret or os.environ.get("LITELLM_SCIM_TOKEN_SECRET", DEFAULT_SECRET)
-    ns.base_url = ns.base_url or os.environ.get("LITELLM_SCIM_BASE_URL")
-    if ns.action == "revoke" and not ns.name:
-        return _fail("revoke needs the NAME of the token (see `litellm-scim token list`)", 2)
-    if ns.action == "list" and ns.name:
-        return _fail("list takes no NAME", 2)
-    if ns.kubeconfig and not os.path.isfile(ns.kubeconfig):
-        return _fail(f"kubeconfig not found: {ns.kubeconfig}")
-    try:
-        return asyncio.run(_connected(ns))
-    except TokenError as exc:
-        return _fail(str(exc))
-    except ConfigException as exc:
-        return _fail(f"no usable kubeconfig ({exc}); pass --kubeconfig or set KUBECONFIG")
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        detail = str(exc) or type(exc).__name__
-        return _fail(f"cannot reach the Kubernetes API server: {detail}")
-    except ApiException as exc:
-        return _fail(f"Kubernetes API error: {kube.status_message(exc)}")
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
