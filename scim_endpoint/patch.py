@@ -140,7 +140,7 @@ def _revalidate(work: dict[str, Any], original: Mapping[str, Any], resource_type
     kept = {k: original[k] for k in _PASSTHROUGH[resource_type] if k in original}
     body = {k: v for k, v in work.items() if k not in kept}
     body["schemas"] = [resource_schema(resource_type).core_urn]
-    result = convert.user_from_request(body) if resource_type == "User" else convert.group_from_request(body)
+    result = convert.from_request(body, resource_type)
     out = {"schemas": result.pop("schemas")}
     if "id" in kept:
         out["id"] = kept.pop("id")

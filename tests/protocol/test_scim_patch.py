@@ -6,8 +6,9 @@ import copy
 from typing import Any
 
 import pytest
+from typed_requests import user_from_request
 
-from scim_endpoint.convert import group_to_scim, user_from_request, user_to_scim, user_to_spec
+from scim_endpoint.convert import group_to_scim, user_to_scim, user_to_spec
 from scim_endpoint.errors import ScimError
 from scim_endpoint.patch import apply_patch
 from scim_endpoint.schema import ENTERPRISE_URN, GROUP_URN, PATCH_URN, USER_URN
