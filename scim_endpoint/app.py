@@ -12,10 +12,11 @@ from typing import Any
 from aiohttp import ClientError, web
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from scim_endpoint import schema
+from scim_endpoint import filters, schema
 from scim_endpoint.auth import Tokens
 from scim_endpoint.errors import ScimError
 from scim_endpoint.metrics import Metrics
+from scim_endpoint.resources import TYPES, ResourceType, by_endpoint
 from scim_endpoint.service import Query, Service
 from scim_endpoint.store import Store, Unavailable
 
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 BASE = "/scim/v2"
 SCIM_JSON = "application/scim+json"
 _ENDPOINTS = {name.lower(): name for name in (
-    "Users", "Groups", "ServiceProviderConfig", "serviceConfiguration", "Schemas", "ResourceTypes", ".search")}
+    *(rt.endpoint for rt in TYPES), "ServiceProviderConfig", "serviceConfiguration", "Schemas", "ResourceTypes",
+    ".search")}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 SERVICE: web.AppKey[Service] = web.AppKey("service", Service)
@@ -164,13 +166,11 @@ def base_url(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}{BASE}"
 
 
-def projected(request: web.Request, resource: dict[str, Any], resource_type: str) -> dict[str, Any]:
-    from scim_endpoint import filters
-
+def projected(request: web.Request, resource: dict[str, Any], rt: ResourceType) -> dict[str, Any]:
     q = query_from(request.query)
     if q.attributes is None and q.excluded is None:
         return resource
-    return filters.project(resource, q.attributes, q.excluded, resource_type)
+    return filters.project(resource, q.attributes, q.excluded, rt.name)
 
 
 def not_modified(request: web.Request, resource: dict[str, Any]) -> bool:
@@ -181,74 +181,77 @@ def not_modified(request: web.Request, resource: dict[str, Any]) -> bool:
     return "*" in tags or resource["meta"]["version"].removeprefix("W/") in tags
 
 
-# ---- handlers -------------------------------------------------------------------------------------
-def _collection(resource_type: str) -> tuple[Handler, Handler, Handler, Handler, Handler, Handler, Handler]:
-    async def create(request: web.Request) -> web.StreamResponse:
-        body = await json_body(request)
-        svc = request.app[SERVICE]
-        url = base_url(request)
-        resource = await (svc.create_user(body, url) if resource_type == "User" else svc.create_group(body, url))
-        return _with_etag(projected(request, resource, resource_type), resource, 201,
-                          Location=resource["meta"]["location"])
+# ---- handlers ------------------------------------------------------------------------------------
+# One handler per operation for every resource type: the type is the one served at the endpoint the
+# route matched (``/Users``, ``/groups``...).
+def _type(request: web.Request) -> ResourceType:
+    rt = by_endpoint(request.match_info["endpoint"])
+    assert rt is not None  # the routes are made from the types
+    return rt
 
-    async def get(request: web.Request) -> web.StreamResponse:
-        svc = request.app[SERVICE]
-        rid, url = request.match_info["id"], base_url(request)
-        resource = await (svc.get_user(rid, url) if resource_type == "User" else svc.get_group(rid, url))
-        if not_modified(request, resource):
-            return web.Response(status=304, headers={"ETag": resource["meta"]["version"]})
-        return _with_etag(projected(request, resource, resource_type), resource)
 
-    async def list_(request: web.Request) -> web.StreamResponse:
-        result = await request.app[SERVICE].search([resource_type], query_from(request.query), base_url(request))
-        return scim_response(result)
+async def create(request: web.Request) -> web.StreamResponse:
+    body = await json_body(request)
+    rt = _type(request)
+    resource = await request.app[SERVICE].create(rt, body, base_url(request))
+    return _with_etag(projected(request, resource, rt), resource, 201, Location=resource["meta"]["location"])
 
-    async def search(request: web.Request) -> web.StreamResponse:
-        body = await json_body(request)
-        if not isinstance(body, dict):
-            raise ScimError(400, "A SearchRequest must be a JSON object", "invalidSyntax")
-        result = await request.app[SERVICE].search([resource_type], query_from(body), base_url(request))
-        return scim_response(result)
 
-    async def replace(request: web.Request) -> web.StreamResponse:
-        body = await json_body(request)
-        svc, rid, url = request.app[SERVICE], request.match_info["id"], base_url(request)
-        match = request.headers.get("If-Match")
-        resource = await (svc.replace_user(rid, body, url, match) if resource_type == "User"
-                          else svc.replace_group(rid, body, url, match))
-        return _with_etag(projected(request, resource, resource_type), resource)
+async def get(request: web.Request) -> web.StreamResponse:
+    rt = _type(request)
+    resource = await request.app[SERVICE].get(rt, request.match_info["id"], base_url(request))
+    if not_modified(request, resource):
+        return web.Response(status=304, headers={"ETag": resource["meta"]["version"]})
+    return _with_etag(projected(request, resource, rt), resource)
 
-    async def patch_(request: web.Request) -> web.StreamResponse:
-        body = await json_body(request)
-        svc, rid, url = request.app[SERVICE], request.match_info["id"], base_url(request)
-        match = request.headers.get("If-Match")
-        if resource_type == "User":
-            resource = await svc.patch_user(rid, body, url, match)
-            return _with_etag(projected(request, resource, resource_type), resource)
-        resource = await svc.patch_group(rid, body, url, match)
-        # Entra expects 204 for group PATCH; a client asking for attributes gets them (RFC 7644 3.5.2).
-        if "attributes" in request.query or "excludedAttributes" in request.query:
-            return _with_etag(projected(request, resource, resource_type), resource)
+
+async def list_(request: web.Request) -> web.StreamResponse:
+    result = await request.app[SERVICE].search([_type(request)], query_from(request.query), base_url(request))
+    return scim_response(result)
+
+
+async def search(request: web.Request) -> web.StreamResponse:
+    """POST .search on a type's endpoint, or on the base path for every type."""
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise ScimError(400, "A SearchRequest must be a JSON object", "invalidSyntax")
+    rt = by_endpoint(request.match_info["endpoint"])
+    types = list(TYPES) if rt is None else [rt]
+    return scim_response(await request.app[SERVICE].search(types, query_from(body), base_url(request)))
+
+
+async def replace(request: web.Request) -> web.StreamResponse:
+    body = await json_body(request)
+    rt = _type(request)
+    resource = await request.app[SERVICE].replace(rt, request.match_info["id"], body, base_url(request),
+                                                  request.headers.get("If-Match"))
+    return _with_etag(projected(request, resource, rt), resource)
+
+
+async def patch(request: web.Request) -> web.StreamResponse:
+    body = await json_body(request)
+    rt = _type(request)
+    resource = await request.app[SERVICE].patch(rt, request.match_info["id"], body, base_url(request),
+                                                request.headers.get("If-Match"))
+    # Entra expects 204 for group PATCH; a client asking for attributes gets them (RFC 7644 3.5.2).
+    if rt.patch_no_content and "attributes" not in request.query and "excludedAttributes" not in request.query:
         return web.Response(status=204, headers={"ETag": resource["meta"]["version"]})
+    return _with_etag(projected(request, resource, rt), resource)
 
-    async def delete(request: web.Request) -> web.StreamResponse:
-        svc, rid = request.app[SERVICE], request.match_info["id"]
-        match = request.headers.get("If-Match")
-        await (svc.delete_user(rid, match) if resource_type == "User" else svc.delete_group(rid, match))
-        return web.Response(status=204)
 
-    return create, get, list_, search, replace, patch_, delete
+async def delete(request: web.Request) -> web.StreamResponse:
+    await request.app[SERVICE].delete(_type(request), request.match_info["id"], request.headers.get("If-Match"))
+    return web.Response(status=204)
 
 
 def _with_etag(body: dict[str, Any], resource: dict[str, Any], status: int = 200, **headers: str) -> web.Response:
     return scim_response(body, status, {"ETag": resource["meta"]["version"], **headers})
 
 
-async def root_search(request: web.Request) -> web.StreamResponse:
-    body = await json_body(request)
-    if not isinstance(body, dict):
-        raise ScimError(400, "A SearchRequest must be a JSON object", "invalidSyntax")
-    return scim_response(await request.app[SERVICE].search(["User", "Group"], query_from(body), base_url(request)))
+def _listing(docs: list[dict[str, Any]]) -> web.Response:
+    """A ListResponse of every discovery document, on one page."""
+    return scim_response({"schemas": [schema.LIST_URN], "totalResults": len(docs), "itemsPerPage": len(docs),
+                          "startIndex": 1, "Resources": docs})
 
 
 async def service_provider_config(request: web.Request) -> web.StreamResponse:
@@ -256,9 +259,7 @@ async def service_provider_config(request: web.Request) -> web.StreamResponse:
 
 
 async def schemas(request: web.Request) -> web.StreamResponse:
-    docs = schema.schemas(base_url(request))
-    return scim_response({"schemas": [schema.LIST_URN], "totalResults": len(docs), "itemsPerPage": len(docs),
-                          "startIndex": 1, "Resources": docs})
+    return _listing(schema.schemas(base_url(request)))
 
 
 async def schema_by_id(request: web.Request) -> web.StreamResponse:
@@ -269,9 +270,7 @@ async def schema_by_id(request: web.Request) -> web.StreamResponse:
 
 
 async def resource_types(request: web.Request) -> web.StreamResponse:
-    docs = schema.resource_types(base_url(request))
-    return scim_response({"schemas": [schema.LIST_URN], "totalResults": len(docs), "itemsPerPage": len(docs),
-                          "startIndex": 1, "Resources": docs})
+    return _listing(schema.resource_types(base_url(request)))
 
 
 async def resource_type_by_id(request: web.Request) -> web.StreamResponse:
@@ -310,17 +309,16 @@ def create_app(store: Store, tokens: Tokens, *, max_results: int = 1000, max_bod
     if metrics is not None:
         app[METRICS] = metrics
     r = app.router
-    for resource_type, plural in (("User", "Users"), ("Group", "Groups")):
-        create, get, list_, search, replace, patch_, delete = _collection(resource_type)
-        collection, item = _path(plural), _path(plural, "{id:[^/]+}")
+    for rt in TYPES:
+        collection, item = _path(rt.endpoint), _path(rt.endpoint, "{id:[^/]+}")
         r.add_post(collection, create)
         r.add_get(collection, list_, allow_head=False)
-        r.add_post(_path(plural, ".search"), search)
+        r.add_post(_path(rt.endpoint, ".search"), search)
         r.add_get(item, get, allow_head=False)
         r.add_put(item, replace)
-        r.add_patch(item, patch_)
+        r.add_patch(item, patch)
         r.add_delete(item, delete)
-    r.add_post(_path(".search"), root_search)
+    r.add_post(_path(".search"), search)
     # "serviceConfiguration" is what Microsoft's SCIM reference client asks for.
     r.add_get(_path("ServiceProviderConfig"), service_provider_config, allow_head=False)
     r.add_get(_path("serviceConfiguration"), service_provider_config, allow_head=False)

@@ -306,17 +306,13 @@ def _check_limits(resource: Mapping[str, Any], resource_type: str) -> None:
         walk(value, "enterprise" if key == ENTERPRISE_URN else key)
 
 
-def user_from_request(body: Any, *, current: dict[str, Any] | None = None) -> dict[str, Any]:
+def from_request(body: Any, resource_type: str, *, current: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Validate and normalise a POST (``current`` None) or PUT (``current`` = the stored resource, as
-    canonical or full SCIM dict) User body into a canonical user. Raises ScimError 400."""
-    return finish(resource_from_body(body, "User", current=current), "User", current=current)
+    canonical or full SCIM dict) body into a canonical resource. Raises ScimError 400.
 
-
-def group_from_request(body: Any, *, current: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Validate and normalise a POST/PUT Group body into a canonical group whose ``members`` (when any)
-    are ``{"value": id, "type": "User"|"Group"}``, one per id (``type`` omitted when the client sent none
-    and no ``$ref`` tells; the server then resolves it from the id)."""
-    return finish(resource_from_body(body, "Group", current=current), "Group", current=current)
+    A group's ``members`` (when any) are ``{"value": id, "type": "User"|"Group"}``, one per id (``type``
+    omitted when the client sent none and no ``$ref`` tells; the server then resolves it from the id)."""
+    return finish(resource_from_body(body, resource_type, current=current), resource_type, current=current)
 
 
 def members(items: Any, where: str = "members") -> list[dict[str, Any]]:

@@ -25,10 +25,6 @@ class ScimError(Exception):
         return out
 
 
-def bad_request(detail: str, scim_type: str = "invalidValue") -> ScimError:
-    return ScimError(400, detail, scim_type)
-
-
 def not_found(detail: str) -> ScimError:
     return ScimError(404, detail)
 

@@ -44,6 +44,14 @@ def terminating(obj: Obj) -> bool:
     return bool(obj.get("metadata", {}).get("deletionTimestamp"))
 
 
+async def cancel(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background task (if any) and wait until it has ended."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 class Informer:
     def __init__(self, kind: str, list_fn: ListFn, **selector: str) -> None:
         self.kind = kind
@@ -70,11 +78,8 @@ class Informer:
             self._task = asyncio.create_task(self._run(), name=f"informer-{self.kind}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         delay = 0.2

@@ -2,8 +2,8 @@
 
 :func:`apply_patch` returns a new, validated canonical resource (the input is never changed); the
 read-only attributes it was given (``id``, ``meta``, a user's ``groups``) are carried over as they were.
-For a group the result's ``members`` is the complete new member list: the server diffs it against the
-stored one (:func:`member_changes`).
+For a group the result's ``members`` is the complete new member list: the service compares it with the
+stored one and rewrites only the member shards that change.
 
 Semantics, RFC first, then the field:
 - ``op`` and attribute names are case-insensitive (Entra sends ``Add``/``Replace``/``Remove``);
@@ -140,24 +140,13 @@ def _revalidate(work: dict[str, Any], original: Mapping[str, Any], resource_type
     kept = {k: original[k] for k in _PASSTHROUGH[resource_type] if k in original}
     body = {k: v for k, v in work.items() if k not in kept}
     body["schemas"] = [resource_schema(resource_type).core_urn]
-    result = convert.user_from_request(body) if resource_type == "User" else convert.group_from_request(body)
+    result = convert.from_request(body, resource_type)
     out = {"schemas": result.pop("schemas")}
     if "id" in kept:
         out["id"] = kept.pop("id")
     out.update(result)
     out.update(kept)
     return out
-
-
-def member_changes(
-    old: list[dict[str, Any]] | None, new: list[dict[str, Any]] | None
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(added, removed) members between two member lists, compared by ``value``."""
-    old_ids = {m["value"] for m in old or []}
-    new_ids = {m["value"] for m in new or []}
-    added = [m for m in new or [] if m["value"] not in old_ids]
-    removed = [m for m in old or [] if m["value"] not in new_ids]
-    return added, removed
 
 
 class _Patcher:

@@ -35,13 +35,7 @@ GROUP_URN = "urn:ietf:params:scim:schemas:core:2.0:Group"
 ENTERPRISE_URN = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 LIST_URN = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 PATCH_URN = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-SEARCH_URN = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
-ERROR_URN = "urn:ietf:params:scim:api:messages:2.0:Error"
-SCHEMA_URN = "urn:ietf:params:scim:schemas:core:2.0:Schema"
-RESOURCE_TYPE_URN = "urn:ietf:params:scim:schemas:core:2.0:ResourceType"
 SERVICE_PROVIDER_CONFIG_URN = "urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"
-
-RESOURCE_TYPES = ("User", "Group")
 
 
 @dataclass(frozen=True)

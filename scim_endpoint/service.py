@@ -1,27 +1,31 @@
-"""The SCIM operations on users and groups: the protocol layer (convert, patch, filters) on top of
-the Kubernetes store. HTTP stays in ``app.py``; this module knows nothing of requests."""
+"""The SCIM operations, one path for every resource type (``resources``): the protocol layer (convert,
+patch, filters) on top of the Kubernetes store. HTTP stays in ``app.py``; this module knows nothing
+of requests."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
-from scim_endpoint import convert, filters, patch
+from scim_endpoint import filters, patch
 from scim_endpoint.errors import ScimError, not_found
 from scim_endpoint.informer import Obj, rv_of
+from scim_endpoint.resources import TYPES, ResourceType
 from scim_endpoint.schema import LIST_URN
-from scim_endpoint.store import GroupRecord, Stale, Store, UserRecord, sorted_by_creation
+from scim_endpoint.store import Record, Stale, Store, sorted_by_creation
 
-R = TypeVar("R", UserRecord, GroupRecord)
+T = TypeVar("T")
 
 # A write based on a stale copy is retried from a fresh read this many times before giving up.
 ATTEMPTS = 5
 
-# The lookups identity providers send on every sync: answered from an index, then confirmed by the
-# real filter (so the index only narrows, it never decides).
-_EQ = re.compile(r'^\s*(userName|externalId|displayName|id)\s+eq\s+"((?:[^"\\]|\\.)*)"\s*$', re.IGNORECASE)
+# The lookups identity providers send on every sync (userName, externalId, displayName, id): answered
+# from an index of the type's collection, then confirmed by the real filter (so the index only
+# narrows, it never decides).
+_EQ = re.compile(r'^\s*(\w+)\s+eq\s+"((?:[^"\\]|\\.)*)"\s*$', re.IGNORECASE)
 
 
 @dataclass
@@ -50,88 +54,55 @@ class Service:
     def __init__(self, store: Store, max_results: int) -> None:
         self.store = store
         self.max_results = max_results
-        # id -> (cache key, rendered SCIM resource); rendering 10,000 users per filter would dominate.
-        self._user_views: dict[str, tuple[Any, dict[str, Any]]] = {}
-        self._group_views: dict[str, tuple[Any, dict[str, Any]]] = {}
-        store.users.listeners.append(self._forget_user_view)
-        store.groups.listeners.append(self._forget_group_view)
+        # type -> id -> (cache key, rendered SCIM resource); rendering 10,000 users per filter would dominate.
+        self._views: dict[str, dict[str, tuple[Any, dict[str, Any]]]] = {rt.name: {} for rt in TYPES}
+        for rt in TYPES:
+            store.informer(rt.collection).listeners.append(partial(self._forget_view, self._views[rt.name]))
 
-    def _forget_user_view(self, name: str, old: Obj | None, new: Obj | None) -> None:
+    @staticmethod
+    def _forget_view(views: dict[str, Any], name: str, old: Obj | None, new: Obj | None) -> None:
         if new is None:
-            self._user_views.pop(name, None)
-
-    def _forget_group_view(self, name: str, old: Obj | None, new: Obj | None) -> None:
-        if new is None:
-            self._group_views.pop(name, None)
+            views.pop(name, None)
 
     # ---- rendering ------------------------------------------------------------------------------
-    def render_user(self, rec: UserRecord, base_url: str) -> dict[str, Any]:
-        groups = self.store.user_groups(rec.id)
-        key = (rv_of(rec.obj), base_url, tuple((g["value"], g["display"]) for g in groups))
-        cached = self._user_views.get(rec.id)
+    def render(self, rt: ResourceType, rec: Record, base_url: str) -> dict[str, Any]:
+        key = (rv_of(rec.obj), base_url, rt.related_version(self.store, rec))
+        views = self._views[rt.name]
+        cached = views.get(rec.id)
         if cached is not None and cached[0] == key:
             return cached[1]
-        meta = {**rec.meta, "location": f"{base_url}/Users/{rec.id}"}
-        view = convert.user_to_scim(rec.spec, rec.id, meta, groups)
-        self._user_views[rec.id] = (key, view)
-        return view
-
-    def render_group(self, rec: GroupRecord, base_url: str) -> dict[str, Any]:
-        key = (rv_of(rec.obj), base_url, rec.meta["version"])
-        cached = self._group_views.get(rec.id)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        meta = {**rec.meta, "location": f"{base_url}/Groups/{rec.id}"}
-        view = convert.group_to_scim(rec.spec, rec.id, meta, rec.members())
-        self._group_views[rec.id] = (key, view)
+        meta = {**rec.meta, "location": f"{base_url}/{rt.endpoint}/{rec.id}"}
+        view = rt.to_scim(rec.spec, rec.id, meta, rt.related(self.store, rec))
+        views[rec.id] = (key, view)
         return view
 
     # ---- reads ----------------------------------------------------------------------------------
-    async def get_user(self, uid: str, base_url: str) -> dict[str, Any]:
-        await self.store.fresh(self.store.users, self.store.shards, self.store.groups)
-        rec = self.store.user(uid) or await self.store.load_user(uid)
+    async def get(self, rt: ResourceType, rid: str, base_url: str) -> dict[str, Any]:
+        await self.store.fresh_for(rt.collection)
+        rec = self.store.get(rt.collection, rid) or await self.store.load(rt.collection, rid)
         if rec is None:
-            raise not_found(f"User {uid} not found")
-        return self.render_user(rec, base_url)
+            raise not_found(f"{rt.name} {rid} not found")
+        return self.render(rt, rec, base_url)
 
-    async def get_group(self, gid: str, base_url: str) -> dict[str, Any]:
-        await self.store.fresh(self.store.groups, self.store.shards)
-        rec = self.store.group(gid) or await self.store.load_group(gid)
-        if rec is None:
-            raise not_found(f"Group {gid} not found")
-        return self.render_group(rec, base_url)
-
-    def _user_candidates(self, expr: str | None) -> Iterable[Obj]:
+    def _candidates(self, rt: ResourceType, expr: str | None) -> Iterable[Obj]:
         match = _EQ.match(expr or "")
-        objects = self.store.users.objects
+        objects = self.store.informer(rt.collection).objects
         if match:
             attr, value = match.group(1).lower(), _unescape(match.group(2))
-            if attr == "username":
-                return [objects[i] for i in self.store.users_named(value) if i in objects]
-            if attr == "externalid":
-                return [objects[i] for i in self.store.users_with_external_id(value) if i in objects]
             if attr == "id":
                 return [objects[value]] if value in objects else []
+            for spec_field in rt.collection.indexes:
+                if attr == spec_field.lower():
+                    return [objects[i] for i in self.store.lookup(rt.collection, spec_field, value) if i in objects]
         return list(objects.values())
 
-    def _group_candidates(self, expr: str | None) -> Iterable[Obj]:
-        match = _EQ.match(expr or "")
-        objects = self.store.groups.objects
-        if match:
-            attr, value = match.group(1).lower(), _unescape(match.group(2))
-            if attr == "displayname":
-                return [objects[i] for i in self.store.groups_named(value) if i in objects]
-            if attr == "id":
-                return [objects[value]] if value in objects else []
-        return list(objects.values())
-
-    async def search(self, resource_types: list[str], query: Query, base_url: str) -> dict[str, Any]:
+    async def search(self, resource_types: Sequence[ResourceType], query: Query, base_url: str) -> dict[str, Any]:
         store = self.store
-        predicates: dict[str, Callable[[dict[str, Any]], bool] | None] = {}
+        predicates: dict[ResourceType, Callable[[dict[str, Any]], bool] | None] = {}
         first_error: ScimError | None = None
         for rt in resource_types:
             try:
-                predicates[rt] = filters.compile_filter(query.filter, rt) if query.filter else None
+                predicates[rt] = filters.compile_filter(query.filter, rt.name) if query.filter else None
             except ScimError as exc:
                 # Searching from the root: a filter naming a User-only attribute matches no Group.
                 if len(resource_types) == 1:
@@ -140,18 +111,14 @@ class Service:
         if not predicates and first_error is not None:
             raise first_error
         await store.fresh(store.users, store.groups, store.shards)
-        matched: list[tuple[str, dict[str, Any]]] = []
+        matched: list[tuple[ResourceType, dict[str, Any]]] = []
         for rt, predicate in predicates.items():
-            if rt == "User":
-                views = (self.render_user(store.user_record(o), base_url)
-                         for o in sorted_by_creation(self._user_candidates(query.filter)))
-            else:
-                views = (self.render_group(store.group_record(o), base_url)
-                         for o in sorted_by_creation(self._group_candidates(query.filter)))
+            views = (self.render(rt, store.record(rt.collection, o), base_url)
+                     for o in sorted_by_creation(self._candidates(rt, query.filter)))
             matched.extend((rt, v) for v in views if predicate is None or predicate(v))
         if query.sort_by:
             descending = query.sort_order == "descending"
-            keys = {rt: filters.sort_key(query.sort_by, rt, descending=descending) for rt in predicates}
+            keys = {rt: filters.sort_key(query.sort_by, rt.name, descending=descending) for rt in predicates}
             matched.sort(key=lambda item: keys[item[0]](item[1]))
         total = len(matched)
         start = max(query.start_index, 1)
@@ -160,140 +127,93 @@ class Service:
         out: dict[str, Any] = {"schemas": [LIST_URN], "totalResults": total, "itemsPerPage": len(page),
                                "startIndex": start}
         if count > 0:
-            out["Resources"] = [filters.project(v, query.attributes, query.excluded, rt) for rt, v in page]
+            out["Resources"] = [filters.project(v, query.attributes, query.excluded, rt.name) for rt, v in page]
         return out
 
-    # ---- users ----------------------------------------------------------------------------------
-    async def create_user(self, body: Any, base_url: str) -> dict[str, Any]:
-        user = convert.user_from_request(body)
-        rec = await self.store.create_user(convert.user_to_spec(user))
-        return self.render_user(rec, base_url)
+    # ---- writes ---------------------------------------------------------------------------------
+    async def create(self, rt: ResourceType, body: Any, base_url: str) -> dict[str, Any]:
+        resource = rt.from_request(body)
+        rec = await self.store.create(rt.collection, rt.to_spec(resource), self._members(rt, resource))
+        return self.render(rt, rec, base_url)
 
-    async def replace_user(self, uid: str, body: Any, base_url: str, match: str | None) -> dict[str, Any]:
-        def change(current: dict[str, Any]) -> dict[str, Any]:
-            return convert.user_to_spec(convert.user_from_request(body, current=current))
+    async def replace(self, rt: ResourceType, rid: str, body: Any, base_url: str,
+                      match: str | None) -> dict[str, Any]:
+        return await self._update(rt, rid, lambda current: rt.from_request(body, current=current), base_url, match)
 
-        return await self._update_user(uid, change, base_url, match)
+    async def patch(self, rt: ResourceType, rid: str, body: Any, base_url: str,
+                    match: str | None) -> dict[str, Any]:
+        return await self._update(rt, rid, lambda current: patch.apply_patch(current, body, rt.name), base_url,
+                                  match)
 
-    async def patch_user(self, uid: str, body: Any, base_url: str, match: str | None) -> dict[str, Any]:
-        def change(current: dict[str, Any]) -> dict[str, Any]:
-            return convert.user_to_spec(patch.apply_patch(current, body, "User"))
-
-        return await self._update_user(uid, change, base_url, match)
-
-    async def _update_user(self, uid: str, change: Callable[[dict[str, Any]], dict[str, Any]], base_url: str,
-                           match: str | None) -> dict[str, Any]:
-        for attempt in range(ATTEMPTS):
-            rec = await _matching("User", uid, self.store.load_user, match, attempt)
-            if rec is None:
-                continue
-            current = self.render_user(rec, base_url)
-            spec = change(current)
-            if spec == rec.spec:
+    async def _update(self, rt: ResourceType, rid: str, change: Callable[[dict[str, Any]], dict[str, Any]],
+                      base_url: str, match: str | None) -> dict[str, Any]:
+        async def write(rec: Record) -> dict[str, Any]:
+            current = self.render(rt, rec, base_url)
+            new = change(current)
+            spec = rt.to_spec(new)
+            members = self._members(rt, new)
+            if members is not None and _member_set(members) == _member_set(rec.members()):
+                members = None
+            if spec == rec.spec and members is None:
                 return current
-            try:
-                rec = await self.store.replace_user(rec, spec)
-            except Stale:
-                continue
-            return self.render_user(rec, base_url)
-        raise _busy("User", uid)
+            return self.render(rt, await self.store.update(rt.collection, rec, spec, members), base_url)
 
-    async def delete_user(self, uid: str, match: str | None) -> None:
+        return await self._retrying(rt, rid, match, write)
+
+    async def delete(self, rt: ResourceType, rid: str, match: str | None) -> None:
+        async def write(rec: Record) -> None:
+            await self.store.delete(rt.collection, rec)
+
+        await self._retrying(rt, rid, match, write)
+
+    async def _retrying(self, rt: ResourceType, rid: str, match: str | None,
+                        write: Callable[[Record], Awaitable[T]]) -> T:
+        """``write`` on the current record after the If-Match check, again from a fresh read whenever
+        the copy it was based on turns out stale."""
         for attempt in range(ATTEMPTS):
-            rec = await _matching("User", uid, self.store.load_user, match, attempt)
+            rec = await self._matching(rt, rid, match, attempt)
             if rec is None:
                 continue
             try:
-                await self.store.delete_user(rec)
-                return
+                return await write(rec)
             except Stale:
                 continue
-        raise _busy("User", uid)
+        raise ScimError(409, f"{rt.name} {rid} is being changed concurrently; retry the request")
 
-    # ---- groups ---------------------------------------------------------------------------------
-    def _typed(self, members: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Members the client sent without a type: a known group id is a Group, anything else a User."""
+    async def _matching(self, rt: ResourceType, rid: str, match: str | None, attempt: int) -> Record | None:
+        """The record a write applies to, after the If-Match check; None when it must be read again.
+
+        The cached copy may trail another replica's write, so a version mismatch on the first attempt is
+        confirmed with a fresh read before the client gets 412."""
+        rec = await self.store.load(rt.collection, rid, fresh=attempt > 0)
+        if rec is None:
+            raise not_found(f"{rt.name} {rid} not found")
+        if match is not None and attempt == 0:
+            try:
+                if_match(match, rec.meta["version"])
+            except ScimError:
+                return None
+        if_match(match, rec.meta["version"])
+        return rec
+
+    # ---- members --------------------------------------------------------------------------------
+    def _members(self, rt: ResourceType, resource: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """The complete member list of a resource whose type keeps members (None for other types).
+
+        Members the client sent without a type: a known group id is a Group, anything else a User."""
+        if not rt.collection.members:
+            return None
         out = []
-        for member in members:
+        for member in resource.get("members") or []:
             kind = member.get("type")
             if kind not in ("User", "Group"):
                 kind = "Group" if member["value"] in self.store.groups.objects else "User"
             out.append({"value": str(member["value"]), "type": kind})
         return out
 
-    async def create_group(self, body: Any, base_url: str) -> dict[str, Any]:
-        group = convert.group_from_request(body)
-        rec = await self.store.create_group(convert.group_to_spec(group), self._typed(group.get("members") or []))
-        return self.render_group(rec, base_url)
 
-    async def replace_group(self, gid: str, body: Any, base_url: str, match: str | None) -> dict[str, Any]:
-        def change(current: dict[str, Any]) -> dict[str, Any]:
-            new = convert.group_from_request(body, current=current)
-            new.setdefault("members", [])
-            return new
-
-        return await self._update_group(gid, change, base_url, match)
-
-    async def patch_group(self, gid: str, body: Any, base_url: str, match: str | None) -> dict[str, Any]:
-        def change(current: dict[str, Any]) -> dict[str, Any]:
-            return patch.apply_patch(current, body, "Group")
-
-        return await self._update_group(gid, change, base_url, match)
-
-    async def _update_group(self, gid: str, change: Callable[[dict[str, Any]], dict[str, Any]], base_url: str,
-                            match: str | None) -> dict[str, Any]:
-        for attempt in range(ATTEMPTS):
-            rec = await _matching("Group", gid, self.store.load_group, match, attempt)
-            if rec is None:
-                continue
-            current = self.render_group(rec, base_url)
-            new = change(current)
-            spec = convert.group_to_spec(new)
-            members = self._typed(new.get("members") or [])
-            old_members = {(m["value"], m.get("type")) for m in rec.members()}
-            changed_members = members if {(m["value"], m["type"]) for m in members} != old_members else None
-            if spec == rec.spec and changed_members is None:
-                return current
-            try:
-                rec = await self.store.update_group(rec, spec, changed_members)
-            except Stale:
-                continue
-            return self.render_group(rec, base_url)
-        raise _busy("Group", gid)
-
-    async def delete_group(self, gid: str, match: str | None) -> None:
-        for attempt in range(ATTEMPTS):
-            rec = await _matching("Group", gid, self.store.load_group, match, attempt)
-            if rec is None:
-                continue
-            try:
-                await self.store.delete_group(rec)
-                return
-            except Stale:
-                continue
-        raise _busy("Group", gid)
-
-
-async def _matching(kind: str, rid: str, load: Callable[..., Awaitable[R | None]], match: str | None,
-                    attempt: int) -> R | None:
-    """The record a write applies to, after the If-Match check; None when it must be read again.
-
-    The cached copy may trail another replica's write, so a version mismatch on the first attempt is
-    confirmed with a fresh read before the client gets 412."""
-    rec = await load(rid, fresh=attempt > 0)
-    if rec is None:
-        raise not_found(f"{kind} {rid} not found")
-    if match is not None and attempt == 0:
-        try:
-            if_match(match, rec.meta["version"])
-        except ScimError:
-            return None
-    if_match(match, rec.meta["version"])
-    return rec
-
-
-def _busy(kind: str, rid: str) -> ScimError:
-    return ScimError(409, f"{kind} {rid} is being changed concurrently; retry the request")
+def _member_set(members: Iterable[dict[str, Any]]) -> set[tuple[str, str | None]]:
+    return {(m["value"], m.get("type")) for m in members}
 
 
 def _unescape(value: str) -> str:

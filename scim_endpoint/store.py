@@ -1,6 +1,8 @@
 """SCIM users and groups stored as custom resources, read from watch-backed copies.
 
-One ScimUser / ScimGroup per resource (the SCIM id is the object name). A group's members live in up
+One API for both, keyed by a :class:`Collection` (``USERS``, ``GROUPS``): what differs between them is
+data there (the custom resource, the unique attribute, the indexed fields, whether members are kept),
+not code. One ScimUser / ScimGroup per resource (the SCIM id is the object name). A group's members live in up
 to ``SHARDS`` ScimMemberShard objects, so changing one member rewrites one small shard. userName and
 group displayName are reserved by ScimNameClaim objects whose names derive from the lower-cased
 value: the API server's "already exists" decides a race between replicas.
@@ -26,7 +28,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -48,12 +50,13 @@ from scim_contract import (
     SHARDS,
     USER,
     VERSION,
+    ResourceKind,
     claim_name,
     shard_name,
     shard_of,
 )
 from scim_endpoint.errors import ScimError, conflict
-from scim_endpoint.informer import Informer, Obj, rv_of, terminating
+from scim_endpoint.informer import Informer, Obj, terminating
 
 log = logging.getLogger(__name__)
 
@@ -78,30 +81,38 @@ class Unavailable(Exception):
 
 
 
+@dataclass(frozen=True, eq=False)
+class Collection:
+    """A SCIM resource type as the store keeps it."""
+
+    # The SCIM resource type: meta.resourceType, and the resourceKind of its name claims.
+    name: str
+    kind: ResourceKind
+    # The spec field kept unique (case-insensitively) by ScimNameClaims.
+    unique: str
+    # Spec fields looked up by value from an index: field -> whether the value is case-folded.
+    indexes: Mapping[str, bool]
+    # The copies a rendered resource is read from (its own, the member shards, the groups' names).
+    reads: tuple[str, ...]
+    # Members are kept in ScimMemberShards.
+    members: bool = False
+
+
+USERS = Collection("User", USER, "userName", {"userName": True, "externalId": False},
+                   reads=(USER.plural, SHARD.plural, GROUP.plural))
+GROUPS = Collection("Group", GROUP, "displayName", {"displayName": True},
+                    reads=(GROUP.plural, SHARD.plural), members=True)
+COLLECTIONS = {c.name: c for c in (USERS, GROUPS)}
+
+
 @dataclass
-class UserRecord:
+class Record:
     id: str
     spec: dict[str, Any]
     meta: dict[str, Any]
     obj: Obj = field(repr=False)
-
-
-@dataclass
-class GroupRecord:
-    id: str
-    spec: dict[str, Any]
-    meta: dict[str, Any]
-    obj: Obj = field(repr=False)
-    # shard number -> shard object, for the shards that exist
+    # shard number -> shard object, for the shards that exist (a group's members)
     shards: dict[int, Obj] = field(default_factory=dict, repr=False)
-
-    def member_ids(self) -> tuple[set[str], set[str]]:
-        users: set[str] = set()
-        groups: set[str] = set()
-        for shard in self.shards.values():
-            users.update(shard["spec"].get("users") or [])
-            groups.update(shard["spec"].get("groups") or [])
-        return users, groups
 
     def members(self) -> list[dict[str, str]]:
         out: list[dict[str, str]] = []
@@ -112,28 +123,20 @@ class GroupRecord:
         return out
 
 
-def _user_meta(obj: Obj) -> dict[str, Any]:
+def _meta(coll: Collection, obj: Obj, shards: dict[int, Obj]) -> dict[str, Any]:
     md = obj["metadata"]
     created = md.get("creationTimestamp")
-    return {
-        "resourceType": "User",
-        "created": created,
-        "lastModified": (md.get("annotations") or {}).get(ANNOTATION_LAST_MODIFIED) or created,
-        "version": f'W/"{md.get("generation", 1)}"',
-    }
-
-
-def _group_meta(obj: Obj, shards: dict[int, Obj]) -> dict[str, Any]:
-    md = obj["metadata"]
-    created = md.get("creationTimestamp")
-    stamps = [(md.get("annotations") or {}).get(ANNOTATION_LAST_MODIFIED) or created]
-    stamps += [_last_write(s) for s in shards.values()]
+    modified = (md.get("annotations") or {}).get(ANNOTATION_LAST_MODIFIED) or created
+    if not coll.members:
+        return {"resourceType": coll.name, "created": created, "lastModified": modified,
+                "version": f'W/"{md.get("generation", 1)}"'}
+    stamps = [modified, *(_last_write(s) for s in shards.values())]
     # The version must move when a member changes, and members live in the shards.
     digest = hashlib.sha256(str(md.get("generation", 1)).encode())
     for number in sorted(shards):
         digest.update(f"|{number}:{shards[number]['metadata'].get('generation', 1)}".encode())
     return {
-        "resourceType": "Group",
+        "resourceType": coll.name,
         "created": created,
         "lastModified": max(s for s in stamps if s),
         "version": f'W/"{digest.hexdigest()[:16]}"',
@@ -174,15 +177,19 @@ class Store:
         self.users = Informer(USER.plural, lister(USER.plural))
         self.groups = Informer(GROUP.plural, lister(GROUP.plural))
         self.shards = Informer(SHARD.plural, lister(SHARD.plural))
-        self._users_by_name: dict[str, set[str]] = {}
-        self._users_by_external: dict[str, set[str]] = {}
-        self._groups_by_name: dict[str, set[str]] = {}
+        self._by_plural = {i.kind: i for i in self._informers()}
+        # collection name -> indexed spec field -> value -> names
+        self._indexes: dict[str, dict[str, dict[str, set[str]]]] = {
+            c.name: {f: {} for f in c.indexes} for c in COLLECTIONS.values()}
         self._group_shards: dict[str, dict[int, str]] = {}
         self._member_of: dict[str, set[str]] = {}
-        self.users.listeners.append(self._index_user)
-        self.groups.listeners.append(self._index_group)
+        for coll in COLLECTIONS.values():
+            self.informer(coll).listeners.append(partial(self._index, coll))
         self.shards.listeners.append(self._index_shard)
         self._revision_task: asyncio.Task[int] | None = None
+
+    def informer(self, coll: Collection) -> Informer:
+        return self._by_plural[coll.kind.plural]
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -215,21 +222,10 @@ class Store:
         if new is not None:
             index.setdefault(new, set()).add(name)
 
-    def _index_user(self, name: str, old: Obj | None, new: Obj | None) -> None:
-        def key(obj: Obj | None) -> str | None:
-            return obj["spec"].get("userName", "").casefold() if obj else None
-
-        def ext(obj: Obj | None) -> str | None:
-            return obj["spec"].get("externalId") if obj else None
-
-        self._move(self._users_by_name, key(old), key(new), name)
-        self._move(self._users_by_external, ext(old), ext(new), name)
-
-    def _index_group(self, name: str, old: Obj | None, new: Obj | None) -> None:
-        def key(obj: Obj | None) -> str | None:
-            return obj["spec"].get("displayName", "").casefold() if obj else None
-
-        self._move(self._groups_by_name, key(old), key(new), name)
+    def _index(self, coll: Collection, name: str, old: Obj | None, new: Obj | None) -> None:
+        for spec_field, folded in coll.indexes.items():
+            self._move(self._indexes[coll.name][spec_field], _index_key(old, spec_field, folded),
+                       _index_key(new, spec_field, folded), name)
 
     def _index_shard(self, name: str, old: Obj | None, new: Obj | None) -> None:
         def members(obj: Obj | None) -> set[str]:
@@ -256,6 +252,10 @@ class Store:
         revision = await self._current_revision()
         await asyncio.gather(*(i.wait_for(revision, WATCH_QUIET, WATCH_TIMEOUT) for i in informers))
 
+    async def fresh_for(self, coll: Collection) -> None:
+        """``fresh`` for the copies a resource of ``coll`` is rendered from."""
+        await self.fresh(*(self._by_plural[plural] for plural in coll.reads))
+
     async def _current_revision(self) -> int:
         # Requests arriving while no list is on the wire share the next one; it is sent after they
         # arrived, so its revision covers every write acknowledged before them.
@@ -279,27 +279,24 @@ class Store:
             raise _api_error(exc, "revision") from None
         return int(body["metadata"]["resourceVersion"])
 
-    def user(self, uid: str) -> UserRecord | None:
-        obj = self.users.objects.get(uid)
-        return self._user_record(obj) if obj else None
+    def get(self, coll: Collection, rid: str) -> Record | None:
+        obj = self.informer(coll).objects.get(rid)
+        return self.record(coll, obj) if obj else None
 
-    def user_objects(self) -> Iterable[Obj]:
-        return self.users.objects.values()
+    def record(self, coll: Collection, obj: Obj) -> Record:
+        rid = obj["metadata"]["name"]
+        shards = {}
+        if coll.members:
+            for number, name in self._group_shards.get(rid, {}).items():
+                shard = self.shards.objects.get(name)
+                if shard is not None:
+                    shards[number] = shard
+        return Record(rid, obj["spec"], _meta(coll, obj, shards), obj, shards)
 
-    def user_record(self, obj: Obj) -> UserRecord:
-        return self._user_record(obj)
-
-    def users_named(self, user_name: str) -> set[str]:
-        return set(self._users_by_name.get(user_name.casefold(), ()))
-
-    def users_with_external_id(self, external_id: str) -> set[str]:
-        return set(self._users_by_external.get(external_id, ()))
-
-    def groups_named(self, display_name: str) -> set[str]:
-        return set(self._groups_by_name.get(display_name.casefold(), ()))
-
-    def group_ids_of(self, member: str) -> set[str]:
-        return set(self._member_of.get(member, ()))
+    def lookup(self, coll: Collection, spec_field: str, value: str) -> set[str]:
+        """Names of the resources whose indexed ``spec_field`` holds ``value``."""
+        key = value.casefold() if coll.indexes[spec_field] else value
+        return set(self._indexes[coll.name][spec_field].get(key, ()))
 
     def user_groups(self, uid: str) -> list[dict[str, str]]:
         """The user's direct groups, for the read-only ``groups`` attribute."""
@@ -310,159 +307,97 @@ class Store:
                 out.append({"value": gid, "display": group["spec"].get("displayName", ""), "type": "direct"})
         return out
 
-    def group(self, gid: str) -> GroupRecord | None:
-        obj = self.groups.objects.get(gid)
-        return self._group_record(obj) if obj else None
-
-    def group_objects(self) -> Iterable[Obj]:
-        return self.groups.objects.values()
-
-    def group_record(self, obj: Obj) -> GroupRecord:
-        return self._group_record(obj)
-
-    def _user_record(self, obj: Obj) -> UserRecord:
-        return UserRecord(obj["metadata"]["name"], obj["spec"], _user_meta(obj), obj)
-
-    def _group_record(self, obj: Obj) -> GroupRecord:
-        gid = obj["metadata"]["name"]
-        shards = {}
-        for number, name in self._group_shards.get(gid, {}).items():
-            shard = self.shards.objects.get(name)
-            if shard is not None:
-                shards[number] = shard
-        return GroupRecord(gid, obj["spec"], _group_meta(obj, shards), obj, shards)
-
     # ---- loads for writes: the copy, or the API server when the copy may be stale ---------------
-    async def load_user(self, uid: str, *, fresh: bool = False) -> UserRecord | None:
-        if not _NAME.match(uid):
+    async def load(self, coll: Collection, rid: str, *, fresh: bool = False) -> Record | None:
+        if not _NAME.match(rid):
             return None
-        if not fresh and uid in self.users.objects:
-            return self.user(uid)
-        obj = await self._get(USER.plural, uid)
+        informer = self.informer(coll)
+        if not fresh and rid in informer.objects:
+            return self.get(coll, rid)
+        obj = await self._get(coll.kind.plural, rid)
         if obj is None:
             return None
-        self.users.apply(obj)
-        return self._user_record(self.users.objects.get(uid, obj))
+        informer.apply(obj)
+        if coll.members:
+            try:
+                resp = await self.api.list_namespaced_custom_object(
+                    API_GROUP, VERSION, self.namespace, SHARD.plural, label_selector=f"{LABEL_GROUP}={rid}",
+                    _preload_content=False,
+                )
+                body = json.loads(await resp.read())
+            except ApiException as exc:
+                raise _api_error(exc, "group members") from None
+            for shard in body.get("items") or []:
+                self.shards.apply(shard)
+        return self.record(coll, informer.objects.get(rid, obj))
 
-    async def load_group(self, gid: str, *, fresh: bool = False) -> GroupRecord | None:
-        if not _NAME.match(gid):
-            return None
-        if not fresh and gid in self.groups.objects:
-            return self.group(gid)
-        obj = await self._get(GROUP.plural, gid)
-        if obj is None:
-            return None
-        self.groups.apply(obj)
+    # ---- writes ---------------------------------------------------------------------------------
+    async def create(self, coll: Collection, spec: dict[str, Any],
+                     members: list[dict[str, Any]] | None = None) -> Record:
+        """Create a resource, holding the name claim of its unique value, with its members when its
+        collection keeps them."""
+        rid = str(uuid.uuid4())
+        await self._claim(coll, spec[coll.unique], rid)
         try:
-            resp = await self.api.list_namespaced_custom_object(
-                API_GROUP, VERSION, self.namespace, SHARD.plural, label_selector=f"{LABEL_GROUP}={gid}",
-                _preload_content=False,
-            )
-            body = json.loads(await resp.read())
-        except ApiException as exc:
-            raise _api_error(exc, "group members") from None
-        for shard in body.get("items") or []:
-            self.shards.apply(shard)
-        return self._group_record(self.groups.objects.get(gid, obj))
-
-    # ---- users ----------------------------------------------------------------------------------
-    async def create_user(self, spec: dict[str, Any]) -> UserRecord:
-        uid = str(uuid.uuid4())
-        await self._claim("User", spec["userName"], uid)
-        body = self._object(USER.kind, uid, spec)
-        try:
-            obj = await self._create(USER.plural, body)
+            obj = await self._create(coll.kind.plural, self._object(coll.kind.kind, rid, spec))
         except BaseException:
-            await self._release("User", spec["userName"], uid)
+            await self._release(coll, spec[coll.unique], rid)
             raise
-        self.users.apply(obj)
-        return self._user_record(obj)
+        self.informer(coll).apply(obj)
+        if coll.members:
+            record = self.record(coll, obj)
+            try:
+                await self._write_members(record, members or [])
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self._delete_objects(coll, record)
+                raise
+        return self.record(coll, obj)
 
-    async def replace_user(self, current: UserRecord, spec: dict[str, Any]) -> UserRecord:
-        old_name, new_name = current.spec["userName"], spec["userName"]
-        renamed = claim_name("User", old_name) != claim_name("User", new_name)
+    async def update(self, coll: Collection, current: Record, spec: dict[str, Any],
+                     members: list[dict[str, Any]] | None = None) -> Record:
+        """Write a resource's new spec (when it differs) and, when not None, its complete new member
+        list; only the shards whose content changes are rewritten. A new unique value is claimed
+        first and the old one released last."""
+        old_value, new_value = current.spec[coll.unique], spec[coll.unique]
+        renamed = claim_name(coll.name, old_value) != claim_name(coll.name, new_value)
         if renamed:
-            await self._claim("User", new_name, current.id)
-        body = self._object(USER.kind, current.id, spec, base=current.obj)
-        try:
-            obj = await self._replace(USER.plural, current.id, body)
-        except BaseException:
-            if renamed:
-                await self._release("User", new_name, current.id)
-            raise
-        self.users.apply(obj)
-        if renamed:
-            await self._release("User", old_name, current.id)
-        return self._user_record(obj)
-
-    async def delete_user(self, current: UserRecord) -> None:
-        await self._delete(USER.plural, current.id, current.obj)
-        self.users.forget(current.id)
-        await self._release("User", current.spec["userName"], current.id)
-        await self._drop_member(current.id)
-
-    # ---- groups ---------------------------------------------------------------------------------
-    async def create_group(self, spec: dict[str, Any], members: list[dict[str, Any]]) -> GroupRecord:
-        gid = str(uuid.uuid4())
-        await self._claim("Group", spec["displayName"], gid)
-        try:
-            obj = await self._create(GROUP.plural, self._object(GROUP.kind, gid, spec))
-        except BaseException:
-            await self._release("Group", spec["displayName"], gid)
-            raise
-        self.groups.apply(obj)
-        record = self._group_record(obj)
-        try:
-            await self._write_members(record, members)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self._delete_group_objects(record)
-            raise
-        return self._group_record(obj)
-
-    async def update_group(
-        self, current: GroupRecord, spec: dict[str, Any], members: list[dict[str, Any]] | None
-    ) -> GroupRecord:
-        """Write a group's new spec and (when not None) its complete new member list; only the
-        shards whose content changes are rewritten."""
-        old_name, new_name = current.spec["displayName"], spec["displayName"]
-        renamed = claim_name("Group", old_name) != claim_name("Group", new_name)
-        if renamed:
-            await self._claim("Group", new_name, current.id)
+            await self._claim(coll, new_value, current.id)
+        informer = self.informer(coll)
         written: list[tuple[int, Obj | None, Obj]] = []
         try:
             if members is not None:
                 written = await self._write_members(current, members)
             obj = current.obj
             if spec != current.spec:
-                body = self._object(GROUP.kind, current.id, spec, base=current.obj)
-                obj = await self._replace(GROUP.plural, current.id, body)
-                self.groups.apply(obj)
+                body = self._object(coll.kind.kind, current.id, spec, base=current.obj)
+                obj = await self._replace(coll.kind.plural, current.id, body)
+                informer.apply(obj)
         except BaseException:
             await self._restore_shards(current, written)
             if renamed:
-                await self._release("Group", new_name, current.id)
+                await self._release(coll, new_value, current.id)
             raise
         if renamed:
-            await self._release("Group", old_name, current.id)
-        return self._group_record(self.groups.objects.get(current.id, obj))
+            await self._release(coll, old_value, current.id)
+        return self.record(coll, informer.objects.get(current.id, obj))
 
-    async def delete_group(self, current: GroupRecord) -> None:
-        await self._delete_group_objects(current)
+    async def delete(self, coll: Collection, current: Record) -> None:
+        await self._delete_objects(coll, current)
         await self._drop_member(current.id)
 
-    async def _delete_group_objects(self, current: GroupRecord) -> None:
-        await self._delete(GROUP.plural, current.id, current.obj)
-        self.groups.forget(current.id)
+    async def _delete_objects(self, coll: Collection, current: Record) -> None:
+        await self._delete(coll.kind.plural, current.id, current.obj)
+        self.informer(coll).forget(current.id)
         # Shards are owned by the group, but not every cluster runs a garbage collector.
         for shard in current.shards.values():
             name = shard["metadata"]["name"]
             with contextlib.suppress(Stale):
                 await self._delete(SHARD.plural, name, None)
             self.shards.forget(name)
-        await self._release("Group", current.spec["displayName"], current.id)
+        await self._release(coll, current.spec[coll.unique], current.id)
 
-    async def _write_members(self, current: GroupRecord, members: list[dict[str, Any]]) -> list[
+    async def _write_members(self, current: Record, members: list[dict[str, Any]]) -> list[
             tuple[int, Obj | None, Obj]]:
         wanted: dict[int, tuple[list[str], list[str]]] = {n: ([], []) for n in range(SHARDS)}
         seen: set[str] = set()
@@ -494,7 +429,7 @@ class Store:
             raise
         return written
 
-    async def _put_shard(self, group: GroupRecord, number: int, existing: Obj | None, users: list[str],
+    async def _put_shard(self, group: Record, number: int, existing: Obj | None, users: list[str],
                          groups: list[str]) -> Obj:
         name = shard_name(group.id, number)
         spec = {"group": group.id, "shard": number, "users": users, "groups": groups}
@@ -511,7 +446,7 @@ class Store:
         self.shards.apply(obj)
         return obj
 
-    async def _restore_shards(self, group: GroupRecord, written: list[tuple[int, Obj | None, Obj]]) -> None:
+    async def _restore_shards(self, group: Record, written: list[tuple[int, Obj | None, Obj]]) -> None:
         for number, before, after in reversed(written):
             try:
                 if before is None:
@@ -530,9 +465,9 @@ class Store:
         # Another replica may just have added the member somewhere: look at the current shards.
         await self.fresh(self.shards)
         number = shard_of(member)
-        for gid in sorted(self.group_ids_of(member)):
+        for gid in sorted(self._member_of.get(member, ())):
             for attempt in range(5):
-                group = await self.load_group(gid, fresh=attempt > 0)
+                group = await self.load(GROUPS, gid, fresh=attempt > 0)
                 if group is None:
                     break
                 existing = group.shards.get(number)
@@ -548,11 +483,11 @@ class Store:
                     continue
 
     # ---- name claims ----------------------------------------------------------------------------
-    async def _claim(self, kind: str, value: str, owner: str) -> None:
-        name = claim_name(kind, value)
-        body = self._object(CLAIM.kind, name, {"resourceKind": kind, "value": value, "owner": owner})
+    async def _claim(self, coll: Collection, value: str, owner: str) -> None:
+        name = claim_name(coll.name, value)
+        body = self._object(CLAIM.kind, name, {"resourceKind": coll.name, "value": value, "owner": owner})
         body["metadata"]["annotations"] = {ANNOTATION_CLAIMED_AT: clock.rfc3339()}
-        what = "userName" if kind == "User" else "displayName"
+        what = coll.unique
         for _ in range(3):
             try:
                 await self._create(CLAIM.plural, body, conflict_is_stale=True)
@@ -572,7 +507,7 @@ class Store:
                 **(existing["metadata"].get("annotations") or {}), ANNOTATION_CLAIMED_AT: clock.rfc3339()}}
             try:
                 await self._replace(CLAIM.plural, name, taken)
-                log.info("took over stale %s claim %s", kind, name)
+                log.info("took over stale %s claim %s", coll.name, name)
                 return
             except Stale:
                 raise conflict(f"{what} {value!r} is already taken") from None
@@ -586,22 +521,22 @@ class Store:
         if stamp is None or (datetime.now(UTC) - stamp).total_seconds() < CLAIM_GRACE:
             return False
         spec = claim["spec"]
-        plural, attr = (USER.plural, "userName") if spec["resourceKind"] == "User" else (GROUP.plural, "displayName")
-        owner = await self._get(plural, spec["owner"])
+        coll = COLLECTIONS[spec["resourceKind"]]
+        owner = await self._get(coll.kind.plural, spec["owner"])
         if owner is None:
             return True
-        held = str(owner["spec"].get(attr, ""))
+        held = str(owner["spec"].get(coll.unique, ""))
         return held.casefold() != str(spec["value"]).casefold()
 
-    async def _release(self, kind: str, value: str, owner: str) -> None:
-        name = claim_name(kind, value)
+    async def _release(self, coll: Collection, value: str, owner: str) -> None:
+        name = claim_name(coll.name, value)
         try:
             existing = await self._get(CLAIM.plural, name)
             if existing is not None and existing["spec"].get("owner") == owner:
                 await self._delete(CLAIM.plural, name, existing)
         except Exception:
             # A leftover claim is recovered later: its owner no longer holds the value (stale).
-            log.warning("could not release %s claim %s", kind, name)
+            log.warning("could not release %s claim %s", coll.name, name)
 
     # ---- API calls ------------------------------------------------------------------------------
     def _object(self, kind: str, name: str, spec: dict[str, Any], base: Obj | None = None) -> Obj:
@@ -662,6 +597,13 @@ class Store:
             raise _api_error(exc, plural) from None
 
 
+def _index_key(obj: Obj | None, spec_field: str, folded: bool) -> str | None:
+    if obj is None:
+        return None
+    value: str | None = obj["spec"].get(spec_field, "").casefold() if folded else obj["spec"].get(spec_field)
+    return value
+
+
 def _keep_order(stored: list[str], wanted: list[str]) -> list[str]:
     wanted_set = set(wanted)
     kept = [m for m in stored if m in wanted_set]
@@ -674,4 +616,5 @@ def sorted_by_creation(objects: Iterable[Obj]) -> Iterator[Obj]:
     return iter(sorted(objects, key=lambda o: (o["metadata"].get("creationTimestamp", ""), o["metadata"]["name"])))
 
 
-__all__ = ["GroupRecord", "Stale", "Store", "Unavailable", "UserRecord", "rv_of", "sorted_by_creation"]
+__all__ = ["COLLECTIONS", "GROUPS", "USERS", "Collection", "Record", "Stale", "Store", "Unavailable",
+           "sorted_by_creation"]

@@ -25,7 +25,7 @@ from scim_contract import (
     shard_of,
 )
 from scim_endpoint.errors import ScimError
-from scim_endpoint.store import ANNOTATION_CLAIMED_AT, Store
+from scim_endpoint.store import ANNOTATION_CLAIMED_AT, GROUPS, USERS, Store
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ async def other_store(endpoint_kubeconfig: str, namespace: str) -> AsyncIterator
 
 async def test_create_user_stores_spec_and_claims_the_name(store: Store, kube_api: client.ApiClient,
                                                           namespace: str) -> None:
-    rec = await store.create_user({"userName": "Alice@Example.com", "active": True, "displayName": "Alice"})
+    rec = await store.create(USERS, {"userName": "Alice@Example.com", "active": True, "displayName": "Alice"})
     obj = await stored_user(kube_api, namespace, rec.id)
     assert obj is not None
     assert obj["spec"]["userName"] == "Alice@Example.com"
@@ -64,9 +64,9 @@ async def test_create_user_stores_spec_and_claims_the_name(store: Store, kube_ap
 
 async def test_duplicate_user_name_in_other_case_is_refused_and_writes_nothing(
         store: Store, kube_api: client.ApiClient, namespace: str) -> None:
-    await store.create_user({"userName": "bob@example.com"})
+    await store.create(USERS, {"userName": "bob@example.com"})
     with pytest.raises(ScimError) as err:
-        await store.create_user({"userName": "BOB@EXAMPLE.COM"})
+        await store.create(USERS, {"userName": "BOB@EXAMPLE.COM"})
     assert err.value.status == 409 and err.value.scim_type == "uniqueness"
     users = await client.CustomObjectsApi(kube_api).list_namespaced_custom_object(
         API_GROUP, VERSION, namespace, "scimusers")
@@ -78,8 +78,8 @@ async def test_two_replicas_racing_on_one_user_name_create_exactly_one(store: St
                                                                        namespace: str) -> None:
     for i in range(20):
         name = f"race{i}@example.com"
-        results = await asyncio.gather(store.create_user({"userName": name}),
-                                       other_store.create_user({"userName": name.upper()}),
+        results = await asyncio.gather(store.create(USERS, {"userName": name}),
+                                       other_store.create(USERS, {"userName": name.upper()}),
                                        return_exceptions=True)
         created = [r for r in results if not isinstance(r, BaseException)]
         refused = [r for r in results if isinstance(r, ScimError) and r.status == 409]
@@ -90,24 +90,24 @@ async def test_two_replicas_racing_on_one_user_name_create_exactly_one(store: St
 
 
 async def test_a_write_through_one_replica_is_read_back_through_another(store: Store, other_store: Store) -> None:
-    rec = await store.create_user({"userName": "carol@example.com", "title": "Engineer"})
+    rec = await store.create(USERS, {"userName": "carol@example.com", "title": "Engineer"})
     await other_store.fresh(other_store.users)
-    seen = other_store.user(rec.id)
+    seen = other_store.get(USERS, rec.id)
     assert seen is not None and seen.spec["title"] == "Engineer"
-    rec = await store.replace_user(rec, {**rec.spec, "title": "Manager"})
+    rec = await store.update(USERS, rec, {**rec.spec, "title": "Manager"})
     await other_store.fresh(other_store.users)
-    seen = other_store.user(rec.id)
+    seen = other_store.get(USERS, rec.id)
     assert seen is not None and seen.spec["title"] == "Manager"
     assert seen.meta["version"] == rec.meta["version"]
 
 
 async def test_rename_moves_the_claim(store: Store, kube_api: client.ApiClient, namespace: str) -> None:
-    rec = await store.create_user({"userName": "dave@example.com"})
-    await store.replace_user(rec, {**rec.spec, "userName": "david@example.com"})
+    rec = await store.create(USERS, {"userName": "dave@example.com"})
+    await store.update(USERS, rec, {**rec.spec, "userName": "david@example.com"})
     claims = {c["metadata"]["name"]: c["spec"] for c in await stored_claims(kube_api, namespace)}
     assert set(claims) == {claim_name("User", "david@example.com")}
     # The old name is free again.
-    await store.create_user({"userName": "dave@example.com"})
+    await store.create(USERS, {"userName": "dave@example.com"})
 
 
 async def test_a_stale_claim_is_taken_over(store: Store, kube_api: client.ApiClient, namespace: str) -> None:
@@ -117,7 +117,7 @@ async def test_a_stale_claim_is_taken_over(store: Store, kube_api: client.ApiCli
             "apiVersion": API_VERSION, "kind": CLAIM.kind,
             "metadata": {"name": claim_name("User", "erin@example.com"), "annotations": {ANNOTATION_CLAIMED_AT: old}},
             "spec": {"resourceKind": "User", "value": "erin@example.com", "owner": "gone-user"}})
-    rec = await store.create_user({"userName": "erin@example.com"})
+    rec = await store.create(USERS, {"userName": "erin@example.com"})
     claims = await stored_claims(kube_api, namespace)
     assert [c["spec"]["owner"] for c in claims] == [rec.id]
 
@@ -131,21 +131,21 @@ async def test_a_fresh_claim_of_a_missing_owner_is_not_taken(store: Store, kube_
             "metadata": {"name": claim_name("User", "frank@example.com")},
             "spec": {"resourceKind": "User", "value": "frank@example.com", "owner": "in-flight"}})
     with pytest.raises(ScimError) as err:
-        await store.create_user({"userName": "frank@example.com"})
+        await store.create(USERS, {"userName": "frank@example.com"})
     assert err.value.status == 409
 
 
 async def test_delete_user_removes_claim_and_memberships(store: Store, kube_api: client.ApiClient,
                                                          namespace: str) -> None:
-    user = await store.create_user({"userName": "gina@example.com"})
-    other = await store.create_user({"userName": "hank@example.com"})
-    group = await store.create_group({"displayName": "Team"}, [{"value": user.id, "type": "User"},
-                                                              {"value": other.id, "type": "User"}])
+    user = await store.create(USERS, {"userName": "gina@example.com"})
+    other = await store.create(USERS, {"userName": "hank@example.com"})
+    group = await store.create(GROUPS, {"displayName": "Team"}, [{"value": user.id, "type": "User"},
+                                                                 {"value": other.id, "type": "User"}])
     assert await stored_members(kube_api, namespace, group.id) == {user.id, other.id}
     # Created with the operator's finalizer: LiteLLM access goes before the resource does.
     assert (await stored_user(kube_api, namespace, user.id) or {})["metadata"]["finalizers"] == [FINALIZER]
     assert (await stored_group(kube_api, namespace, group.id) or {})["metadata"]["finalizers"] == [FINALIZER]
-    await store.delete_user(user)
+    await store.delete(USERS, user)
     assert await stored_user(kube_api, namespace, user.id) is None
     held = await get_object(kube_api, namespace, USER.plural, user.id)
     assert held is not None and held["metadata"]["deletionTimestamp"]  # Terminating until the operator is done
@@ -156,10 +156,10 @@ async def test_delete_user_removes_claim_and_memberships(store: Store, kube_api:
 
 async def test_delete_group_removes_shards_and_claim(store: Store, kube_api: client.ApiClient,
                                                      namespace: str) -> None:
-    group = await store.create_group({"displayName": "Doomed"}, [{"value": f"u{i}", "type": "User"}
-                                                                 for i in range(40)])
+    group = await store.create(GROUPS, {"displayName": "Doomed"}, [{"value": f"u{i}", "type": "User"}
+                                                                    for i in range(40)])
     assert len(await stored_shards(kube_api, namespace, group.id)) == SHARDS
-    await store.delete_group(store.group(group.id))  # type: ignore[arg-type]
+    await store.delete(GROUPS, store.get(GROUPS, group.id))  # type: ignore[arg-type]
     assert await stored_group(kube_api, namespace, group.id) is None
     assert await stored_shards(kube_api, namespace, group.id) == []
     assert await stored_claims(kube_api, namespace) == []
@@ -169,7 +169,7 @@ async def test_delete_group_removes_shards_and_claim(store: Store, kube_api: cli
 async def test_fifty_thousand_members_stay_small_and_one_member_rewrites_one_shard(
         store: Store, kube_api: client.ApiClient, namespace: str) -> None:
     members = [{"value": f"user-{i:05d}", "type": "User"} for i in range(50_000)]
-    group = await store.create_group({"displayName": "Everyone"}, members)
+    group = await store.create(GROUPS, {"displayName": "Everyone"}, members)
     shards = await stored_shards(kube_api, namespace, group.id)
     assert len(shards) <= SHARDS
     import json
@@ -178,9 +178,9 @@ async def test_fifty_thousand_members_stay_small_and_one_member_rewrites_one_sha
         assert len(json.dumps(shard).encode()) < 512 * 1024
     assert sum(len(s["spec"]["users"]) for s in shards) == 50_000
     before = {s["metadata"]["name"]: s["metadata"]["resourceVersion"] for s in shards}
-    current = store.group(group.id)
+    current = store.get(GROUPS, group.id)
     assert current is not None
-    await store.update_group(current, current.spec, [*members, {"value": "newcomer", "type": "User"}])
+    await store.update(GROUPS, current, current.spec, [*members, {"value": "newcomer", "type": "User"}])
     after = {s["metadata"]["name"]: s["metadata"]["resourceVersion"] for s in
              await stored_shards(kube_api, namespace, group.id)}
     changed = {name for name in after if after[name] != before.get(name)}

@@ -5,15 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from typed_requests import group_from_request, user_from_request
 
 from litellm_scim import chart
 from scim_contract import ScimGroupSpec, ScimUserSpec
 from scim_endpoint import convert
 from scim_endpoint.convert import (
-    group_from_request,
     group_to_scim,
     group_to_spec,
-    user_from_request,
     user_to_scim,
     user_to_spec,
 )

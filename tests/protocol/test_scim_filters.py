@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from typed_requests import user_from_request
 
-from scim_endpoint.convert import group_to_scim, user_from_request, user_to_scim, user_to_spec
+from scim_endpoint.convert import group_to_scim, user_to_scim, user_to_spec
 from scim_endpoint.errors import ScimError
 from scim_endpoint.filters import compile_filter, project, sort_key
 from scim_endpoint.schema import ENTERPRISE_URN, USER_URN

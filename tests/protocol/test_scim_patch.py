@@ -6,10 +6,11 @@ import copy
 from typing import Any
 
 import pytest
+from typed_requests import user_from_request
 
-from scim_endpoint.convert import group_to_scim, user_from_request, user_to_scim, user_to_spec
+from scim_endpoint.convert import group_to_scim, user_to_scim, user_to_spec
 from scim_endpoint.errors import ScimError
-from scim_endpoint.patch import apply_patch, member_changes
+from scim_endpoint.patch import apply_patch
 from scim_endpoint.schema import ENTERPRISE_URN, GROUP_URN, PATCH_URN, USER_URN
 
 USER_META = {"resourceType": "User", "location": "https://h/scim/v2/Users/u1", "version": 'W/"3"'}
@@ -29,6 +30,17 @@ def make_user(**extra: Any) -> dict[str, Any]:
 
 def make_group(*members: dict[str, Any], name: str = "Engineering") -> dict[str, Any]:
     return group_to_scim({"displayName": name, "externalId": "ext-g1"}, "g1", GROUP_META, list(members))
+
+
+def member_changes(
+    old: list[dict[str, Any]] | None, new: list[dict[str, Any]] | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(added, removed) members between two member lists, compared by ``value``."""
+    old_ids = {m["value"] for m in old or []}
+    new_ids = {m["value"] for m in new or []}
+    added = [m for m in new or [] if m["value"] not in old_ids]
+    removed = [m for m in old or [] if m["value"] not in new_ids]
+    return added, removed
 
 
 def patch_error(resource: dict[str, Any], body: Any, resource_type: str = "User") -> ScimError:

@@ -7,8 +7,9 @@ import random
 from typing import Any
 
 import pytest
+from typed_requests import group_from_request, user_from_request
 
-from scim_endpoint.convert import group_from_request, group_to_scim, user_from_request, user_to_scim, user_to_spec
+from scim_endpoint.convert import group_to_scim, user_to_scim, user_to_spec
 from scim_endpoint.errors import ScimError
 from scim_endpoint.filters import compile_filter, project, sort_key
 from scim_endpoint.patch import apply_patch

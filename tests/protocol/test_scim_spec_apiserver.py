@@ -7,14 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 from kubernetes_asyncio import client
+from typed_requests import group_from_request, user_from_request
 
 import scim_contract as c
 from scim_endpoint.convert import (
     DEFAULT_MAX_LENGTH,
     MAX_ITEMS,
-    group_from_request,
     group_to_spec,
-    user_from_request,
     user_to_spec,
 )
 from scim_endpoint.schema import ENTERPRISE_URN, USER_URN
