@@ -14,7 +14,7 @@ async def raw_request(url: str, request: bytes, within: float = 10.0) -> tuple[i
     try:
         writer.write(request)
         await writer.drain()
-        response = await asyncio.wait_for(reader.read(65536), within)
+        response = await asyncio.wait_for(reader.read(), within)  # until the server closes
     finally:
         writer.close()
         await writer.wait_closed()
