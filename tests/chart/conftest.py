@@ -62,8 +62,9 @@ def builder_sources(dockerfile: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project as the image installs it: the builder stage's files copied into a clean directory
-    (no stale build/ from the checkout), `pip wheel . --no-deps` there, then that wheel (and its
-    pinned dependencies, as binary wheels) into a fresh virtualenv. Returns the venv's bin directory."""
+    (no stale build/ from the checkout), the lock files installed hash-checked into a fresh virtualenv
+    (binary wheels only), then `pip wheel . --no-deps` there and that wheel without resolving anything.
+    Returns the venv's bin directory."""
     root = tmp_path_factory.mktemp("wheel")
     context = root / "context"
     context.mkdir()
@@ -73,13 +74,20 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copytree(src, context / source, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(src, context / source)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-q", "-w", str(root / "dist")],
-                   cwd=context, check=True, capture_output=True)
-    (wheel,) = (root / "dist").glob("litellm_scim_operator-*.whl")
     subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True, capture_output=True)
     bin_dir = root / "venv" / "bin"
+    pip = [str(bin_dir / "pip"), "install", "-q", "--require-hashes", "--only-binary=:all:"]
+
+    def run(*args: str) -> None:
+        proc = subprocess.run(args, cwd=context, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
     # Binary wheels only, as in the image: its builder stage (python:3.11-slim) has no compiler, so a
     # dependency that would need building from source must fail here too.
-    subprocess.run([str(bin_dir / "pip"), "install", "-q", "--only-binary=:all:", str(wheel)],
-                   check=True, capture_output=True)
+    run(*pip, "-r", "requirements-build.lock")
+    run(*pip, "-r", "requirements.lock")
+    run(str(bin_dir / "pip"), "wheel", ".", "--no-deps", "--no-build-isolation", "-q", "-w", str(root / "dist"))
+    (wheel,) = (root / "dist").glob("litellm_scim_operator-*.whl")
+    run(str(bin_dir / "pip"), "install", "-q", "--no-deps", "--no-index", str(wheel))
+    run(str(bin_dir / "pip"), "check")
     return bin_dir

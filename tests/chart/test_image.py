@@ -69,17 +69,34 @@ def final_stage(text: str) -> str:
 def test_dockerfile_shape() -> None:
     text = DOCKERFILE.read_text()
     assert len(re.findall(r"^FROM\s", text, flags=re.MULTILINE)) == 2, "builder + final stage"
-    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim$", text, flags=re.MULTILINE)
+    # The default base image is pinned by digest (a build may still pass another with --build-arg).
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim@sha256:[0-9a-f]{64}$", text, flags=re.MULTILINE)
     final = final_stage(text)
     assert final.startswith("FROM ${PYTHON_IMAGE}\n")
     assert not re.search(r"^HEALTHCHECK", text, flags=re.MULTILINE | re.IGNORECASE), "Kubernetes probes do this"
     users = re.findall(r"^USER\s+(\S+)$", final, flags=re.MULTILINE)
     assert users and re.fullmatch(r"[1-9]\d*(:[1-9]\d*)?", users[-1]), "non-root, numeric (runAsNonRoot)"
     assert 'ENTRYPOINT ["litellm-scim"]' in final
-    # No toolchain in the final stage: it installs prebuilt wheels only, offline.
-    for forbidden in ("gcc", "build-essential", "apt-get install", "COPY . "):
+    # No toolchain and no download in the final stage: it takes the builder's virtualenv as it is.
+    for forbidden in ("gcc", "build-essential", "apt-get install", "COPY . ", "pip "):
         assert forbidden not in final
-    assert "--no-index" in final
+    assert "COPY --from=builder /opt/venv /opt/venv" in final
+
+
+def test_dockerfile_installs_only_what_the_lock_files_pin() -> None:
+    """Every `pip install` of the builder is hash-checked against a lock file, except the project's own
+    wheel, which is built right there and installed without resolving anything."""
+    builder = re.split(r"^FROM\s", DOCKERFILE.read_text(), flags=re.MULTILINE)[1]
+    commands = [c.strip() for c in re.split(r"&&|\n(?!\s)", builder.replace("\\\n", " ")) if "pip " in c]
+    installs = [c for c in commands if re.search(r"\bpip (install|download|wheel)\b", c)]
+    locked = [c for c in installs if "--require-hashes" in c]
+    assert [m.group(1) for c in locked if (m := re.search(r"-r (\S+)", c))] == [
+        "requirements-build.lock", "requirements.lock"]
+    assert all("--only-binary=:all:" in c for c in locked), "no sdist build fetches an unlocked build dependency"
+    for command in installs:
+        if command not in locked:
+            assert "--no-deps" in command, command
+    assert "--no-build-isolation" in next(c for c in installs if "pip wheel" in c)
 
 
 def test_dockerignore_keeps_the_context_to_what_the_build_copies() -> None:
