@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-from scim_endpoint import filters, patch
+from scim_endpoint import filters, limits, patch
 from scim_endpoint.errors import ScimError, not_found
 from scim_endpoint.informer import Obj, rv_of
+from scim_endpoint.limits import Limits
 from scim_endpoint.resources import TYPES, ResourceType
 from scim_endpoint.schema import LIST_URN
 from scim_endpoint.store import Record, Stale, Store, sorted_by_creation
@@ -51,9 +52,10 @@ def if_match(header: str | None, version: str) -> None:
 
 
 class Service:
-    def __init__(self, store: Store, max_results: int) -> None:
+    def __init__(self, store: Store, max_results: int, caps: Limits | None = None) -> None:
         self.store = store
         self.max_results = max_results
+        self.limits = caps or Limits()
         # type -> id -> (cache key, rendered SCIM resource); rendering 10,000 users per filter would dominate.
         self._views: dict[str, dict[str, tuple[Any, dict[str, Any]]]] = {rt.name: {} for rt in TYPES}
         for rt in TYPES:
@@ -102,7 +104,8 @@ class Service:
         first_error: ScimError | None = None
         for rt in resource_types:
             try:
-                predicates[rt] = filters.compile_filter(query.filter, rt.name) if query.filter else None
+                predicates[rt] = (filters.compile_filter(query.filter, rt.name, self.limits.max_filter_terms)
+                                  if query.filter else None)
             except ScimError as exc:
                 # Searching from the root: a filter naming a User-only attribute matches no Group.
                 if len(resource_types) == 1:
@@ -133,7 +136,9 @@ class Service:
     # ---- writes ---------------------------------------------------------------------------------
     async def create(self, rt: ResourceType, body: Any, base_url: str) -> dict[str, Any]:
         resource = rt.from_request(body)
-        rec = await self.store.create(rt.collection, rt.to_spec(resource), self._members(rt, resource))
+        spec = rt.to_spec(resource)
+        limits.check_object_size(spec, rt.name, self.limits)
+        rec = await self.store.create(rt.collection, spec, self._members(rt, resource))
         return self.render(rt, rec, base_url)
 
     async def replace(self, rt: ResourceType, rid: str, body: Any, base_url: str,
@@ -142,8 +147,8 @@ class Service:
 
     async def patch(self, rt: ResourceType, rid: str, body: Any, base_url: str,
                     match: str | None) -> dict[str, Any]:
-        return await self._update(rt, rid, lambda current: patch.apply_patch(current, body, rt.name), base_url,
-                                  match)
+        return await self._update(rt, rid, lambda current: patch.apply_patch(
+            current, body, rt.name, max_operations=self.limits.max_patch_operations), base_url, match)
 
     async def _update(self, rt: ResourceType, rid: str, change: Callable[[dict[str, Any]], dict[str, Any]],
                       base_url: str, match: str | None) -> dict[str, Any]:
@@ -156,6 +161,7 @@ class Service:
                 members = None
             if spec == rec.spec and members is None:
                 return current
+            limits.check_object_size(spec, rt.name, self.limits)
             return self.render(rt, await self.store.update(rt.collection, rec, spec, members), base_url)
 
         return await self._retrying(rt, rid, match, write)

@@ -57,6 +57,7 @@ from scim_contract import (
 )
 from scim_endpoint.errors import ScimError, conflict
 from scim_endpoint.informer import Informer, Obj, terminating
+from scim_endpoint.limits import object_too_large
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +155,15 @@ def _last_write(obj: Obj) -> str | None:
 
 def _api_error(exc: ApiException, what: str) -> Exception:
     """Map an API failure the caller did not expect to a SCIM answer."""
+    try:
+        message = str(json.loads(exc.body or "{}").get("message", ""))
+    except (TypeError, ValueError, AttributeError):
+        message = ""
+    if exc.status == 413 or "request is too large" in message:
+        # etcd refuses an object over its request limit (1.5 MiB by default) with a 500: the client's
+        # data, so a 400 the IdP does not retry, not a 503 it retries forever.
+        return object_too_large(what, "the 1.5 MiB Kubernetes stores in one object")
     if exc.status == 422:
-        try:
-            message = json.loads(exc.body or "{}").get("message", "")
-        except (TypeError, ValueError):
-            message = ""
         # The CRD schema rejected a value (too long, wrong type): the client's input, not us.
         detail = message.split(": ", 1)[-1] if message else f"invalid {what}"
         return ScimError(400, f"Invalid {what}: {detail}", "invalidValue")
