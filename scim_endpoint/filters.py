@@ -41,6 +41,7 @@ from scim2_models.path import (
     ValuePath,
 )
 
+from scim_contract import fold
 from scim_endpoint.errors import ScimError
 from scim_endpoint.limits import check_filter_terms
 from scim_endpoint.schema import Attr, ResourceSchema, resource_schema
@@ -322,19 +323,19 @@ def comparator(attr: Attr, op: str, expected: Any, where: str) -> Callable[[Any]
             raise invalid_filter(f"{where} is a string, {expected!r} is not")
         if kind == "binary" and op in _ORDERING:
             raise invalid_filter(f"{where} is binary: {op} does not apply")
-        fold: Callable[[Any], Any] = (
+        norm: Callable[[Any], Any] = (
             (lambda v: v if isinstance(v, str) else None)
             if attr.case_exact
-            else (lambda v: v.casefold() if isinstance(v, str) else None)
+            else (lambda v: fold(v) if isinstance(v, str) else None)
         )
-        want = fold(expected)
+        want = norm(expected)
         if op == "co":
-            return lambda v: (f := fold(v)) is not None and want in f
+            return lambda v: (f := norm(v)) is not None and want in f
         if op == "sw":
-            return lambda v: (f := fold(v)) is not None and f.startswith(want)
+            return lambda v: (f := norm(v)) is not None and f.startswith(want)
         if op == "ew":
-            return lambda v: (f := fold(v)) is not None and f.endswith(want)
-        return _ordered(op, want, fold)
+            return lambda v: (f := norm(v)) is not None and f.endswith(want)
+        return _ordered(op, want, norm)
     raise invalid_filter(f"{where}: attributes of type {kind} cannot be compared")
 
 
@@ -419,7 +420,7 @@ def sort_key(
         if leaf.type == "dateTime":
             return _resource_instant(value)
         if isinstance(value, str) and not leaf.case_exact:
-            return value.casefold()
+            return fold(value)
         if isinstance(value, (str, int, float)):
             return value
         return None

@@ -4,7 +4,7 @@ One API for both, keyed by a :class:`Collection` (``USERS``, ``GROUPS``): what d
 data there (the custom resource, the unique attribute, the indexed fields, whether members are kept),
 not code. One ScimUser / ScimGroup per resource (the SCIM id is the object name). A group's members live in up
 to ``SHARDS`` ScimMemberShard objects, so changing one member rewrites one small shard. userName and
-group displayName are reserved by ScimNameClaim objects whose names derive from the lower-cased
+group displayName are reserved by ScimNameClaim objects whose names derive from the folded
 value: the API server's "already exists" decides a race between replicas.
 
 Consistency:
@@ -52,6 +52,7 @@ from scim_contract import (
     VERSION,
     ResourceKind,
     claim_name,
+    fold,
     shard_name,
     shard_of,
 )
@@ -300,7 +301,7 @@ class Store:
 
     def lookup(self, coll: Collection, spec_field: str, value: str) -> set[str]:
         """Names of the resources whose indexed ``spec_field`` holds ``value``."""
-        key = value.casefold() if coll.indexes[spec_field] else value
+        key = fold(value) if coll.indexes[spec_field] else value
         return set(self._indexes[coll.name][spec_field].get(key, ()))
 
     def user_groups(self, uid: str) -> list[dict[str, str]]:
@@ -531,7 +532,7 @@ class Store:
         if owner is None:
             return True
         held = str(owner["spec"].get(coll.unique, ""))
-        return held.casefold() != str(spec["value"]).casefold()
+        return fold(held) != fold(str(spec["value"]))
 
     async def _release(self, coll: Collection, value: str, owner: str) -> None:
         name = claim_name(coll.name, value)
@@ -605,7 +606,7 @@ class Store:
 def _index_key(obj: Obj | None, spec_field: str, folded: bool) -> str | None:
     if obj is None:
         return None
-    value: str | None = obj["spec"].get(spec_field, "").casefold() if folded else obj["spec"].get(spec_field)
+    value: str | None = fold(obj["spec"].get(spec_field, "")) if folded else obj["spec"].get(spec_field)
     return value
 
 

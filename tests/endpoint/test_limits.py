@@ -3,6 +3,7 @@ work or outgrow what Kubernetes stores is refused with a SCIM error, and changes
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator
 
@@ -12,6 +13,7 @@ from kubernetes_asyncio import client
 from scim_http import GROUP, USER, Scim, assert_error, patch_body, user_body
 from stored import list_objects, stored_user
 
+from scim_contract import claim_name
 from scim_endpoint.app import create_app
 from scim_endpoint.auth import Tokens
 from scim_endpoint.limits import Limits
@@ -203,3 +205,12 @@ async def test_renaming_to_another_form_of_a_taken_name_conflicts(scim: Scim) ->
                             patch_body({"op": "replace", "path": "userName", "value": DECOMPOSED}))
     assert_error(resp, 409, "uniqueness")
     assert USER in other.body["schemas"]
+
+
+def test_claim_names_of_existing_values_do_not_change() -> None:
+    """Claims are stored objects: a value typed in NFC (every ASCII one) keeps the claim name it had
+    when names were only case-folded, so no claim needs migrating."""
+    for value in ("Ann@Example.com", "caf\u00e9", "stra\u00dfe", "\u0130stanbul"):
+        before = "user-" + hashlib.sha256(value.casefold().encode()).hexdigest()[:40]
+        assert claim_name("User", value) == before
+    assert claim_name("User", DECOMPOSED) == claim_name("User", COMPOSED)
