@@ -42,6 +42,9 @@ class EndpointSettings(CommonSettings):
         100, description="Most names in attributes or excludedAttributes (400 tooMany above)")
     max_patch_operations: int = Field(1000, description="Most operations in one PATCH (400 tooMany above)")
     max_json_depth: int = Field(32, description="Deepest nesting of a request body (400 invalidSyntax above)")
+    unique_group_external_id: bool = Field(
+        False,
+        description="Refuse a group whose externalId another group holds (409); for --team-id-strategy externalId")
     max_object_bytes: int = Field(
         1_000_000,
         description="Largest serialized user or group (400 invalidValue above; etcd stores at most 1.5 MiB)")

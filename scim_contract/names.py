@@ -66,11 +66,15 @@ def fold(value: str) -> str:
     return unicodedata.normalize("NFC", unicodedata.normalize("NFC", value).casefold())
 
 
-def claim_name(resource_kind: str, value: str) -> str:
-    """Name of the ScimNameClaim that reserves ``value`` (userName or group displayName).
+def claim_name(resource_kind: str, value: str, attribute: str | None = None) -> str:
+    """Name of the ScimNameClaim that reserves ``value`` of ``attribute``: by default the type's
+    unique attribute (userName or group displayName), otherwise e.g. a group's externalId.
 
-    Both attributes are case-insensitive in RFC 7643, so the claim is too (see ``fold``). A value
-    typed in NFC whose case folding stays in NFC (every ASCII value, and most others) keeps the claim
-    name it had before ``fold`` normalised, so existing claims stay valid."""
+    userName and displayName are case-insensitive in RFC 7643, so their claims are too (see ``fold``).
+    A value typed in NFC whose case folding stays in NFC (every ASCII value, and most others) keeps the
+    claim name it had before ``fold`` normalised, so existing claims stay valid. Other attributes
+    (externalId) are case-exact and claimed as written."""
     prefix = {"User": "user", "Group": "group"}[resource_kind]
-    return f"{prefix}-{_digest(fold(value))[:40]}"
+    if attribute is None:
+        return f"{prefix}-{_digest(fold(value))[:40]}"
+    return f"{prefix}-{attribute.lower()}-{_digest(value)[:40]}"

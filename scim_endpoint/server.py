@@ -44,7 +44,7 @@ async def serve(settings: EndpointSettings, stop: asyncio.Event | None = None) -
         return 2
     skip_environment_lookups(api)
     async with api:
-        store = Store(api, settings.namespace)
+        store = Store(api, settings.namespace, unique_group_external_id=settings.unique_group_external_id)
         tokens = Tokens(api, settings.namespace, settings.token_secret)
         metrics = Metrics(store)
         store.start()
