@@ -63,6 +63,8 @@ def fold(value: str) -> str:
     composed or decomposed, ``ß``/``SS``/``ss`` and any case are one name. Not NFKC: compatibility
     folding would also merge distinct-looking names (``ﬁ``/``fi``, superscripts, full-width forms),
     which RFC 7643 does not ask. ASCII folds to its lower case, as ``str.casefold`` alone did."""
+    if value.isascii():  # the common case, and a filter may fold every stored name once per term
+        return value.lower()
     return unicodedata.normalize("NFC", unicodedata.normalize("NFC", value).casefold())
 
 

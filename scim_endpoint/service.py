@@ -4,6 +4,7 @@ of requests."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ T = TypeVar("T")
 
 # A write based on a stale copy is retried from a fresh read this many times before giving up.
 ATTEMPTS = 5
+# A search hands the event loop back after filtering this many resources.
+YIELD_EVERY = 25
 
 # The lookups identity providers send on every sync (userName, externalId, displayName, id): answered
 # from an index of the type's collection, then confirmed by the real filter (so the index only
@@ -116,9 +119,14 @@ class Service:
         await store.fresh(store.users, store.groups, store.shards)
         matched: list[tuple[ResourceType, dict[str, Any]]] = []
         for rt, predicate in predicates.items():
-            views = (self.render(rt, store.record(rt.collection, o), base_url)
-                     for o in sorted_by_creation(self._candidates(rt, query.filter)))
-            matched.extend((rt, v) for v in views if predicate is None or predicate(v))
+            for i, obj in enumerate(sorted_by_creation(self._candidates(rt, query.filter)), 1):
+                if i % YIELD_EVERY == 0:
+                    # A filter of many terms over many resources takes a while: let health probes and
+                    # other clients' requests in between rather than hold the event loop throughout.
+                    await asyncio.sleep(0)
+                view = self.render(rt, store.record(rt.collection, obj), base_url)
+                if predicate is None or predicate(view):
+                    matched.append((rt, view))
         if query.sort_by:
             descending = query.sort_order == "descending"
             keys = {rt: filters.sort_key(query.sort_by, rt.name, descending=descending) for rt in predicates}
@@ -130,7 +138,12 @@ class Service:
         out: dict[str, Any] = {"schemas": [LIST_URN], "totalResults": total, "itemsPerPage": len(page),
                                "startIndex": start}
         if count > 0:
-            out["Resources"] = [filters.project(v, query.attributes, query.excluded, rt.name) for rt, v in page]
+            resources = []
+            for i, (rt, view) in enumerate(page, 1):
+                if i % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+                resources.append(filters.project(view, query.attributes, query.excluded, rt.name))
+            out["Resources"] = resources
         return out
 
     # ---- writes ---------------------------------------------------------------------------------
