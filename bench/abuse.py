@@ -44,8 +44,13 @@ RESULTS = Path(__file__).resolve().parent / "results" / "abuse.json"
 DEFAULTS = EndpointSettings()
 
 
-def worst_requests(user_id: str) -> dict[str, Callable[[aiohttp.ClientSession], Awaitable[int]]]:
-    """The costliest request of each kind that the default caps accept."""
+KINDS = ("filter", "page", "patch", "nested")
+
+
+def worst_requests(user_id: str, kinds: tuple[str, ...] = KINDS) -> dict[
+        str, Callable[[aiohttp.ClientSession], Awaitable[int]]]:
+    """The costliest request of each kind that the default caps accept (the reads ``filter`` and
+    ``page``, the writes ``patch`` and ``nested``)."""
     terms = " or ".join(f'emails.value co "zz{i:03d}"' for i in range(DEFAULTS.max_filter_terms))
     assert len(terms) <= DEFAULTS.max_filter_length
     attributes = ",".join(["userName", *(f"name.givenName{i}" for i in range(DEFAULTS.max_attributes - 1))])
@@ -60,21 +65,22 @@ def worst_requests(user_id: str) -> dict[str, Callable[[aiohttp.ClientSession], 
             await resp.read()
             return resp.status
 
-    return {
-        f"filter of {DEFAULTS.max_filter_terms} co terms": lambda http: call(
-            http, "POST", "Users/.search", json={"filter": terms, "count": 1}),
-        f"page of {DEFAULTS.max_results} with {DEFAULTS.max_attributes} attributes": lambda http: call(
-            http, "GET", "Users", params={"attributes": attributes, "count": str(DEFAULTS.max_results)}),
-        f"PATCH of {DEFAULTS.max_patch_operations} operations": lambda http: call(
-            http, "PATCH", f"Users/{user_id}", json={"schemas": [PATCH_URN], "Operations": ops}),
-        f"body nested {DEFAULTS.max_json_depth - 1} deep": lambda http: call(
+    every: dict[str, tuple[str, Callable[[aiohttp.ClientSession], Awaitable[int]]]] = {
+        "filter": (f"filter of {DEFAULTS.max_filter_terms} co terms", lambda http: call(
+            http, "POST", "Users/.search", json={"filter": terms, "count": 1})),
+        "page": (f"page of {DEFAULTS.max_results} with {DEFAULTS.max_attributes} attributes", lambda http: call(
+            http, "GET", "Users", params={"attributes": attributes, "count": str(DEFAULTS.max_results)})),
+        "patch": (f"PATCH of {DEFAULTS.max_patch_operations} operations", lambda http: call(
+            http, "PATCH", f"Users/{user_id}", json={"schemas": [PATCH_URN], "Operations": ops})),
+        "nested": (f"body nested {DEFAULTS.max_json_depth - 1} deep", lambda http: call(
             http, "POST", "Groups", json={"schemas": [GROUP_URN], "displayName": f"n-{uuid.uuid4().hex}",
-                                          "urn:x:deep": nested}),
+                                          "urn:x:deep": nested})),
     }
+    return dict(every[k] for k in kinds)
 
 
-async def abuse(base: str, token: str, user_id: str, seconds: float) -> list[Series]:
-    requests = worst_requests(user_id)
+async def abuse(base: str, token: str, user_id: str, seconds: float, kinds: tuple[str, ...]) -> list[Series]:
+    requests = worst_requests(user_id, kinds)
     series = {name: Series(name, []) for name in requests}
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/scim+json"}
     started = time.perf_counter()
@@ -91,10 +97,10 @@ async def abuse(base: str, token: str, user_id: str, seconds: float) -> list[Ser
     return list(series.values())
 
 
-def abuser_process(base: str, token: str, user_id: str, seconds: float, out: Any) -> None:
+def abuser_process(base: str, token: str, user_id: str, seconds: float, kinds: tuple[str, ...], out: Any) -> None:
     """One abusing client in its own process, so that reading its large responses does not delay the
     probe's measurements (which would then be the client's latency, not the endpoint's)."""
-    out.put([asdict(s) for s in asyncio.run(abuse(base, token, user_id, seconds))])
+    out.put([asdict(s) for s in asyncio.run(abuse(base, token, user_id, seconds, kinds))])
 
 
 async def probe(http: aiohttp.ClientSession, base: str, user_id: str, until: float, health: Series,
@@ -111,6 +117,7 @@ async def probe(http: aiohttp.ClientSession, base: str, user_id: str, until: flo
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
+    kinds = tuple(k.strip() for k in args.requests.split(",") if k.strip())
     state = Path(tempfile.mkdtemp(prefix="scim-abuse-"))
     cluster = peers.find_or_start_cluster(state / "k8s", prefer=os.environ.get("SCIM_TEST_KUBECONFIG"))
     endpoint = None
@@ -147,7 +154,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 quiet_health.wall = quiet_user.wall = time.perf_counter() - started
                 results: Any = multiprocessing.Queue()
                 abusers = [multiprocessing.Process(target=abuser_process,
-                                                   args=(base, token, abused_id, args.seconds, results))
+                                                   args=(base, token, abused_id, args.seconds, kinds, results))
                            for _ in range(args.abusers)]
                 for p in abusers:
                     p.start()
@@ -170,6 +177,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "machine": {"cpus": os.cpu_count()},
         "setup": {"users": args.users, "groups": args.groups, "seconds": args.seconds, "abusers": args.abusers,
+                  "requests": list(kinds),
                   "limits": {k: getattr(DEFAULTS, k) for k in (
                       "max_filter_length", "max_filter_terms", "max_attributes", "max_patch_operations",
                       "max_json_depth", "max_results")}},
@@ -201,12 +209,14 @@ def cli() -> int:
     parser.add_argument("--groups", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--abusers", type=int, default=1)
+    parser.add_argument("--requests", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)}")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     result = asyncio.run(main(args))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))
-    print(f"\nwritten to {RESULTS}")
+    print(f"\nwritten to {args.out}")
     return 0
 
 
