@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
 import sys
@@ -34,7 +33,17 @@ from typing import Any
 
 import aiohttp
 
-from bench.endpoint_load import GROUP_URN, PATCH_URN, USER_URN, Series, fill, start_process, wait_for_count
+from bench.endpoint_load import (
+    GROUP_URN,
+    PATCH_URN,
+    USER_URN,
+    Series,
+    aligned,
+    fill,
+    save,
+    start_process,
+    wait_for_count,
+)
 from litellm_scim import chart, peers
 from scim_common import kube, tokens
 from scim_common.settings import EndpointSettings
@@ -193,9 +202,7 @@ def table(result: dict[str, Any]) -> str:
         for s in result[section]:
             rows.append((s["name"], str(s["requests"]), f"{s['p50_ms']:.1f}", f"{s['p90_ms']:.1f}",
                          f"{s['p99_ms']:.1f}", f"{s['rps']:.1f}", str(s["errors"])))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = aligned(rows)
     setup = result["setup"]
     lines.append(f"\n{setup['users']} users, {setup['groups']} groups stored; {setup['abusers']} abusing "
                  f"client(s) for {setup['seconds']} s; {result['machine']['cpus']} CPUs; target p99 < "
@@ -213,10 +220,7 @@ def cli() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     result = asyncio.run(main(args))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(table(result))
-    print(f"\nwritten to {args.out}")
+    save(result, args.out, table(result))
     return 0
 
 

@@ -25,7 +25,7 @@ T = TypeVar("T")
 # A write based on a stale copy is retried from a fresh read this many times before giving up.
 ATTEMPTS = 5
 # A search hands the event loop back after working this long (seconds) at a stretch.
-SLICE = 0.002
+SLICE = 0.001
 
 # The lookups identity providers send on every sync (userName, externalId, displayName, id): answered
 # from an index of the type's collection, then confirmed by the real filter (so the index only
