@@ -137,11 +137,9 @@ async def test_a_body_too_large_to_store_is_invalid_value_naming_the_limit(scim:
     assert await _user_count(scim) == 1
 
 
-@pytest.mark.parametrize("where", ["endpoint", "apiserver"])
-async def test_patches_growing_an_object_past_the_limit_are_refused(scim: Scim, uncapped: Scim, where: str) -> None:
-    """Refused by the endpoint's own limit, and (with that set beyond what etcd stores) by mapping the
-    API server's refusal: both a 400 the IdP does not retry."""
-    scim = scim if where == "endpoint" else uncapped
+async def _grow_until_refused(scim: Scim, limit: str) -> None:
+    """PATCH adds of large values until the endpoint refuses: a 400 invalidValue naming ``limit``,
+    after which the user is unchanged and smaller changes still go through."""
     created = await scim.post("/Users", user_body("grow@example.com"))
     uid = created.body["id"]
     refused = None
@@ -156,11 +154,19 @@ async def test_patches_growing_an_object_past_the_limit_are_refused(scim: Scim, 
             break
     assert refused is not None, "the object grew without limit"
     assert_error(refused, 400, "invalidValue")
-    limit = str(LIMITS.max_object_bytes) if where == "endpoint" else "1.5 MiB"
     assert limit in refused.body["detail"]
-    # The user is still there and readable, and smaller changes still go through.
     resp = await scim.patch(f"/Users/{uid}", patch_body({"op": "replace", "path": "displayName", "value": "G"}))
     assert resp.status == 200, resp.text
+
+
+async def test_patches_growing_an_object_past_the_limit_are_refused(scim: Scim) -> None:
+    await _grow_until_refused(scim, str(LIMITS.max_object_bytes))
+
+
+async def test_the_api_servers_refusal_of_a_too_large_object_is_invalid_value(uncapped: Scim) -> None:
+    """With the endpoint's own limit set beyond what etcd stores, etcd's refusal (a 500 from the API
+    server) is the same 400, not a 503 the IdP would retry forever."""
+    await _grow_until_refused(uncapped, "1.5 MiB")
 
 
 # ---- Unicode-safe uniqueness ---------------------------------------------------------------------
