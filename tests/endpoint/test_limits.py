@@ -13,6 +13,7 @@ from kubernetes_asyncio import client
 from scim_http import GROUP, USER, Scim, assert_error, patch_body, user_body
 from stored import list_objects, stored_user
 
+from scim_common.settings import EndpointSettings
 from scim_contract import claim_name
 from scim_endpoint.app import create_app
 from scim_endpoint.auth import Tokens
@@ -220,3 +221,10 @@ def test_claim_names_of_existing_values_do_not_change() -> None:
         before = "user-" + hashlib.sha256(value.casefold().encode()).hexdigest()[:40]
         assert claim_name("User", value) == before
     assert claim_name("User", DECOMPOSED) == claim_name("User", COMPOSED)
+
+
+def test_the_flags_default_to_the_limits_defaults() -> None:
+    settings = EndpointSettings()
+    for name in ("max_filter_length", "max_filter_terms", "max_attributes", "max_patch_operations",
+                 "max_json_depth", "max_object_bytes"):
+        assert getattr(settings, name) == getattr(LIMITS, name), name
