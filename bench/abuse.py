@@ -41,7 +41,7 @@ from bench.endpoint_load import (
     aligned,
     fill,
     save,
-    start_process,
+    start_endpoint,
     wait_for_count,
 )
 from litellm_scim import chart, peers
@@ -140,11 +140,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             _, token = await tokens.create_token(api, namespace, name="bench")
             await fill(api, namespace, args.users, args.groups)
             port = peers.free_port()
-            endpoint = start_process(
-                [sys.executable, "-m", "litellm_scim.cli", "endpoint", "--host", "127.0.0.1", "--port", str(port),
-                 "--metrics-port", "0", "--namespace", namespace, "--kubeconfig", cluster.kubeconfig,
-                 "--log-level", "warning"],
-                f"http://127.0.0.1:{port}/readyz", state / "endpoint.log")
+            endpoint = start_endpoint(port, namespace, cluster.kubeconfig, state / "endpoint.log")
             base = f"http://127.0.0.1:{port}"
             await wait_for_count(f"{base}/scim/v2/", token, args.users)
             headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/scim+json"}

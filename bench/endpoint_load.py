@@ -274,6 +274,14 @@ def start_process(cmd: list[str], ready_url: str, log: Path, env: dict[str, str]
     return proc
 
 
+def start_endpoint(port: int, namespace: str, kubeconfig: str, log: Path) -> subprocess.Popen[bytes]:
+    """A ``litellm-scim endpoint`` on 127.0.0.1:``port``, once it is ready."""
+    return start_process(
+        [sys.executable, "-m", "litellm_scim.cli", "endpoint", "--host", "127.0.0.1", "--port", str(port),
+         "--metrics-port", "0", "--namespace", namespace, "--kubeconfig", kubeconfig, "--log-level", "warning"],
+        f"http://127.0.0.1:{port}/readyz", log)
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     state = Path(tempfile.mkdtemp(prefix="scim-bench-"))
     cluster = peers.find_or_start_cluster(state / "k8s", prefer=os.environ.get("SCIM_TEST_KUBECONFIG"))
@@ -290,11 +298,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             _, token = await tokens.create_token(api, namespace, name="bench")
 
             port = peers.free_port()
-            endpoint = start_process(
-                [sys.executable, "-m", "litellm_scim.cli", "endpoint", "--host", "127.0.0.1", "--port", str(port),
-                 "--metrics-port", "0", "--namespace", namespace, "--kubeconfig", cluster.kubeconfig,
-                 "--log-level", "warning"],
-                f"http://127.0.0.1:{port}/readyz", state / "endpoint.log")
+            endpoint = start_endpoint(port, namespace, cluster.kubeconfig, state / "endpoint.log")
             procs.append(endpoint)
             ref_port = peers.free_port()
             reference = start_process(
@@ -338,11 +342,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             endpoint.wait(timeout=10)
             port = peers.free_port()
             started = time.perf_counter()
-            endpoint = start_process(
-                [sys.executable, "-m", "litellm_scim.cli", "endpoint", "--host", "127.0.0.1", "--port", str(port),
-                 "--metrics-port", "0", "--namespace", namespace, "--kubeconfig", cluster.kubeconfig,
-                 "--log-level", "warning"],
-                f"http://127.0.0.1:{port}/readyz", state / "endpoint-restarted.log")
+            endpoint = start_endpoint(port, namespace, cluster.kubeconfig, state / "endpoint-restarted.log")
             procs.append(endpoint)
             ready_seconds = time.perf_counter() - started
             big = await wait_for_count(f"http://127.0.0.1:{port}/scim/v2/", token, args.rss_users)
