@@ -4,8 +4,9 @@ One API for both, keyed by a :class:`Collection` (``USERS``, ``GROUPS``): what d
 data there (the custom resource, the unique attribute, the indexed fields, whether members are kept),
 not code. One ScimUser / ScimGroup per resource (the SCIM id is the object name). A group's members live in up
 to ``SHARDS`` ScimMemberShard objects, so changing one member rewrites one small shard. userName and
-group displayName are reserved by ScimNameClaim objects whose names derive from the folded
-value: the API server's "already exists" decides a race between replicas.
+group displayName (and, with ``unique_group_external_id``, a group's externalId) are reserved by
+ScimNameClaim objects whose names derive from the folded value (the externalId: as written): the API
+server's "already exists" decides a race between replicas.
 
 Consistency:
 - Writes go to the API server with the cached resourceVersion as precondition; a 409 Conflict means
