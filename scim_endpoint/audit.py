@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +63,16 @@ class Write:
         return f"{self.method} by {who}: {what} refused ({refused})"
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9@._:/+-]+")
+
+
+def _logfmt(value: Any) -> str:
+    """A value of a key=value message: as is when plain, else JSON-quoted (so a userName with spaces,
+    quotes or a line break stays one value on one line)."""
+    text = "-" if value is None else str(value)
+    return text if _PLAIN.fullmatch(text) else json.dumps(text)
+
+
 class Audit:
     """Records SCIM writes: the log line at once, the Event through ``events`` (None: log only)."""
 
@@ -87,7 +99,9 @@ class Audit:
             write.rt.unique: write.name, "status": write.status}
         if write.scim_type:
             fields["scimType"] = write.scim_type
-        log.info("SCIM %s %s %s", write.method, write.rt.name, "refused" if write.status >= 400 else "done",
+        # The fields twice: structured for the JSON format, and as key=value in the message so the
+        # text format carries them too.
+        log.info("SCIM write %s", " ".join(f"{k}={_logfmt(v)}" for k, v in fields.items()),
                  extra={"fields": fields})
         if self._events is None or write.id is None or write.token is None:
             # Log only: no Events asked for, nothing in the cluster to attach one to, or a caller

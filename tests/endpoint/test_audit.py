@@ -10,11 +10,14 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from kubernetes_asyncio import client
+from operator_helpers import start_endpoint, stop_endpoint
 from scim_http import GROUP, TOKEN_SECRET, Scim, patch_body, user_body, write_tokens
 
 from scim_endpoint.app import create_app
@@ -103,6 +106,8 @@ async def test_user_create_replace_patch_delete_are_logged_and_described(
     assert events[2].message.startswith(f"PATCH by token '{TOKEN_NAME}'")
     after = await events_of(audited, "ScimUser", uid)
     assert [e.reason for e in after][-1] == "Deprovisioned"
+    assert caplog.records[-1].getMessage() == (
+        f"SCIM write token={TOKEN_NAME} method=DELETE resourceType=User id={uid} userName=ada@example.com status=204")
     assert f"DELETE by token '{TOKEN_NAME}'" in after[-1].message
     assert_no_token(audited, caplog, after)
 
@@ -173,3 +178,37 @@ async def test_events_never_delay_the_response_and_overflow_is_counted(
     finally:
         await tokens.stop()
         await store.stop()
+
+
+@pytest.mark.parametrize("flag", ["--audit-events", "--no-audit-events"])
+async def test_the_endpoint_process_logs_and_records_events_unless_told_not_to(
+        endpoint_kubeconfig: str, kube_api: client.ApiClient, namespace: str, token: str, tmp_path: Path,
+        flag: str) -> None:
+    """The real process, under the chart's Role: the audit line in its log, the Event per the flag."""
+    ep = start_endpoint(endpoint_kubeconfig, namespace, tmp_path / "endpoint.log", flag)
+    try:
+        async with aiohttp.ClientSession() as http:
+            scim = Scim(http, token, kube_api, namespace, base=ep.url)
+            created = await scim.post("/Users", user_body("proc@example.com"))
+            assert created.status == 201
+            uid = created.body["id"]
+            core = client.CoreV1Api(kube_api)
+            reasons: list[str] = []
+            for _ in range(50):  # the Event is sent after the response
+                found = await core.list_namespaced_event(namespace)
+                reasons = [e.reason for e in found.items if e.involved_object.name == uid]
+                if reasons or flag == "--no-audit-events":
+                    break
+                await asyncio.sleep(0.1)
+    finally:
+        stop_endpoint(ep)
+    log = ep.log.read_text()
+    assert (f"scim_endpoint.audit: SCIM write token=ci method=POST resourceType=User id={uid} "
+            "userName=proc@example.com status=201") in log
+    assert token not in log
+    if flag == "--no-audit-events":
+        await asyncio.sleep(0.5)
+        found = await client.CoreV1Api(kube_api).list_namespaced_event(namespace)
+        assert not [e for e in found.items if e.involved_object.name == uid]
+    else:
+        assert reasons == ["Provisioned"]
