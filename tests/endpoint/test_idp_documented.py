@@ -42,10 +42,15 @@ ENTRA_USER = {
 }
 
 
-async def entra_user(scim: Scim) -> dict[str, Any]:
-    resp = await scim.post("/Users", ENTRA_USER)
+async def created(scim: Scim, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The body of a POST asserted to answer 201."""
+    resp = await scim.post(path, body)
     assert resp.status == 201, resp.text
     return dict(resp.body)
+
+
+async def entra_user(scim: Scim) -> dict[str, Any]:
+    return await created(scim, "/Users", ENTRA_USER)
 
 
 async def test_entra_create_user(scim: Scim) -> None:
@@ -136,9 +141,7 @@ ENTRA_GROUP = {
 
 
 async def entra_group(scim: Scim) -> dict[str, Any]:
-    resp = await scim.post("/Groups", ENTRA_GROUP)
-    assert resp.status == 201, resp.text
-    return dict(resp.body)
+    return await created(scim, "/Groups", ENTRA_GROUP)
 
 
 async def test_entra_create_group(scim: Scim) -> None:
@@ -201,9 +204,7 @@ OKTA_USER = {
 
 
 async def okta_user(scim: Scim, **changes: Any) -> dict[str, Any]:
-    resp = await scim.post("/Users", {**OKTA_USER, **changes})
-    assert resp.status == 201, resp.text
-    return dict(resp.body)
+    return await created(scim, "/Users", {**OKTA_USER, **changes})
 
 
 async def test_okta_lookup_create_and_duplicate(scim: Scim) -> None:
