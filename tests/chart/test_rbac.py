@@ -113,6 +113,12 @@ def test_endpoint_reads_and_writes_the_scim_resources_and_only_its_token_secret(
         assert not allows(rules, "", "events", verb)
 
 
+def test_endpoint_without_audit_events_may_not_create_events(render: Render) -> None:
+    m = render({"endpoint": {"auditEvents": False}})
+    rules = bound_rules(m, service_account(m, "endpoint"))[m.namespace]
+    assert not allows(rules, "", "events", "create")
+
+
 def test_endpoint_only_reads_a_token_secret_the_chart_does_not_make(render: Render) -> None:
     m = render({"scimTokens": {"create": False, "secretName": "idp-tokens"}})
     assert not m.of_kind("Secret")
