@@ -48,6 +48,9 @@ class EndpointSettings(CommonSettings):
     max_object_bytes: int = Field(
         1_000_000,
         description="Largest serialized user or group (400 invalidValue above; etcd stores at most 1.5 MiB)")
+    audit_events: bool = Field(
+        True,
+        description="Record every SCIM write as a Kubernetes Event on its ScimUser/ScimGroup (always logged)")
 
 
 class OperatorSettings(CommonSettings):

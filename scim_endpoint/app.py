@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -13,6 +14,7 @@ from aiohttp import ClientError, web
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from scim_endpoint import filters, limits, schema
+from scim_endpoint.audit import Audit, Write
 from scim_endpoint.auth import Tokens
 from scim_endpoint.errors import ScimError
 from scim_endpoint.limits import Limits
@@ -36,6 +38,12 @@ STORE: web.AppKey[Store] = web.AppKey("store", Store)
 SETTINGS: web.AppKey[dict[str, Any]] = web.AppKey("settings", dict)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 LIMITS: web.AppKey[Limits] = web.AppKey("limits", Limits)
+AUDIT: web.AppKey[Audit] = web.AppKey("audit", Audit)
+# What a write handler leaves on its request for the audit trail: the resource written (or, for a
+# delete, the one about to be), the name the client sent (a create), the matched token's name.
+WRITTEN: web.RequestKey[dict[str, Any]] = web.RequestKey("written", dict)
+SENT_NAME: web.RequestKey[str] = web.RequestKey("sent_name", str)
+CALLER: web.RequestKey[str] = web.RequestKey("caller", str)
 
 
 def scim_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -66,6 +74,30 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             route = route.replace("{slash}", "")
             metrics.requests.labels(request.method, route, str(status)).inc()
             metrics.latency.labels(request.method, route).observe(time.perf_counter() - started)
+
+
+@web.middleware
+async def audit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One audit record per write on a resource (not a search): after the SCIM error bodies are made,
+    so refused writes are recorded with their status and scimType."""
+    write_handler = request.match_info.handler in (create, replace, patch, delete)
+    response = await handler(request)
+    if write_handler:
+        rt = _type(request)
+        written: dict[str, Any] | None = request.get(WRITTEN)
+        rid = written["id"] if written else request.match_info.get("id")
+        name = written.get(rt.unique) if written else request.get(SENT_NAME)
+        if name is None and rid is not None:
+            rec = request.app[STORE].get(rt.collection, rid)
+            name = rec.spec.get(rt.unique) if rec is not None else None
+        scim_type = None
+        if response.status >= 400 and isinstance(response, web.Response) and isinstance(response.body, bytes):
+            with contextlib.suppress(ValueError, AttributeError):
+                scim_type = json.loads(response.body).get("scimType")
+        request.app[AUDIT].record(Write(
+            request.get(CALLER), request.method, rt, rid, name, response.status, scim_type,
+            uid=written.get("uid") if written else None))
+    return response
 
 
 @web.middleware
@@ -101,8 +133,10 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     if request.path.startswith(BASE):
         if not (request.app[STORE].ready and request.app[TOKENS].ready):
             raise ScimError(503, "The endpoint is starting: its caches are not synced yet")
-        if not request.app[TOKENS].accepts(request.headers.get("Authorization")):
+        name = request.app[TOKENS].token_name(request.headers.get("Authorization"))
+        if name is None:
             raise ScimError(401, "Missing or invalid bearer token")
+        request[CALLER] = name
     return await handler(request)
 
 
@@ -196,7 +230,10 @@ def _type(request: web.Request) -> ResourceType:
 async def create(request: web.Request) -> web.StreamResponse:
     body = await json_body(request)
     rt = _type(request)
+    if isinstance(body, dict) and isinstance(body.get(rt.unique), str):
+        request[SENT_NAME] = body[rt.unique]
     resource = await request.app[SERVICE].create(rt, body, base_url(request))
+    request[WRITTEN] = resource
     return _with_etag(projected(request, resource, rt), resource, 201, Location=resource["meta"]["location"])
 
 
@@ -230,6 +267,7 @@ async def replace(request: web.Request) -> web.StreamResponse:
     rt = _type(request)
     resource = await request.app[SERVICE].replace(rt, request.match_info["id"], body, base_url(request),
                                                   request.headers.get("If-Match"))
+    request[WRITTEN] = resource
     return _with_etag(projected(request, resource, rt), resource)
 
 
@@ -238,6 +276,7 @@ async def patch(request: web.Request) -> web.StreamResponse:
     rt = _type(request)
     resource = await request.app[SERVICE].patch(rt, request.match_info["id"], body, base_url(request),
                                                 request.headers.get("If-Match"))
+    request[WRITTEN] = resource
     # Entra expects 204 for group PATCH; a client asking for attributes gets them (RFC 7644 3.5.2).
     if rt.patch_no_content and "attributes" not in request.query and "excludedAttributes" not in request.query:
         return web.Response(status=204, headers={"ETag": resource["meta"]["version"]})
@@ -245,7 +284,12 @@ async def patch(request: web.Request) -> web.StreamResponse:
 
 
 async def delete(request: web.Request) -> web.StreamResponse:
-    await request.app[SERVICE].delete(_type(request), request.match_info["id"], request.headers.get("If-Match"))
+    rt, rid = _type(request), request.match_info["id"]
+    # Read before it goes: the audit Event names the resource and is attached to its uid.
+    rec = request.app[STORE].get(rt.collection, rid)
+    if rec is not None:
+        request[WRITTEN] = {"id": rid, rt.unique: rec.spec.get(rt.unique), "uid": rec.obj["metadata"].get("uid")}
+    await request.app[SERVICE].delete(rt, rid, request.headers.get("If-Match"))
     return web.Response(status=204)
 
 
@@ -306,9 +350,10 @@ def _path(endpoint: str, rest: str = "") -> str:
 
 def create_app(store: Store, tokens: Tokens, *, max_results: int = 1000, max_body_bytes: int = 1_048_576,
                base_url: str | None = None, metrics: Metrics | None = None,
-               caps: Limits | None = None) -> web.Application:
-    app = web.Application(middlewares=[observe, scim_errors, authenticate], client_max_size=max_body_bytes)
+               caps: Limits | None = None, audit_trail: Audit | None = None) -> web.Application:
+    app = web.Application(middlewares=[observe, audit, scim_errors, authenticate], client_max_size=max_body_bytes)
     caps = caps or Limits()
+    app[AUDIT] = audit_trail or Audit(store)
     app[STORE] = store
     app[TOKENS] = tokens
     app[LIMITS] = caps

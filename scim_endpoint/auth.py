@@ -81,19 +81,23 @@ class Tokens:
         await self.informer.stop()
 
     def accepts(self, authorization: str | None) -> bool:
-        """Whether ``Authorization: Bearer <token>`` names an accepted token, compared exactly: only
+        return self.token_name(authorization) is not None
+
+    def token_name(self, authorization: str | None) -> str | None:
+        """The name of the accepted token ``Authorization: Bearer <token>`` carries (None: none), for
+        the audit trail; the token is compared exactly: only
         the ASCII spaces and tabs HTTP allows around it are ignored (``str.strip()`` would also drop
         Unicode whitespace, so a variant of a token would pass). Header bytes that are not UTF-8 reach
         us as lone surrogates: they can be no token, so the answer is no (a 401, not a 500)."""
         if not authorization:
-            return False
+            return None
         blanks = " \t"  # RFC 9110 OWS: what HTTP itself treats as space around a value
         scheme, _, presented = authorization.strip(blanks).partition(" ")
         presented = presented.strip(blanks)
         if scheme.lower() != "bearer" or not presented:
-            return False
+            return None
         try:
             presented.encode("utf-8")
         except UnicodeEncodeError:
-            return False
-        return match_token(presented, self._tokens) is not None
+            return None
+        return match_token(presented, self._tokens)

@@ -18,8 +18,9 @@ Request rules (RFC 7643 section 2.2, RFC 7644 sections 3.3 and 3.5.1):
   providers send custom mappings); a wrong type is 400 ``invalidValue``, a non-object body 400
   ``invalidSyntax``, a missing required attribute 400 ``invalidValue``;
 - booleans may be the strings ``"true"``/``"false"`` in any case (Entra, OneLogin);
-- a complex attribute that has a ``value`` sub-attribute accepts a bare string for it, and a
-  single-valued one accepts a one-element list (Entra sends the manager as ``[{"value": id}]``).
+- a complex attribute that has a ``value`` sub-attribute accepts a bare string for it, and any
+  single-valued attribute accepts a one-element list (Entra sends the manager as ``[{"value": id}]``),
+  a simple one also ``{"value": x}`` (the element shape of a multi-valued attribute, as Entra sends it).
 """
 
 from __future__ import annotations
@@ -78,11 +79,12 @@ def coerce_boolean(value: Any, where: str) -> bool:
     raise invalid(f"{where} must be a boolean, got {value!r}")
 
 
-def normalize(attr: Attr, value: Any, where: str) -> Any:
+def normalize(attr: Attr, value: Any, where: str, *, unwrap: bool = True) -> Any:
     """The canonical value of ``attr``, or None when ``value`` is unassigned (null, empty list/object).
 
     Read-only sub-attributes are dropped (clients echo them back); ``where`` names the attribute in
-    error messages."""
+    error messages. ``unwrap``: a single value may come as a one-element list or ``{"value": x}``
+    (an attribute of the resource, as Entra sends it; not a sub-attribute inside a complex value)."""
     if value is None:
         return None
     if attr.name == "members" and attr.is_complex:
@@ -102,12 +104,19 @@ def normalize(attr: Attr, value: Any, where: str) -> Any:
         if attr.is_complex and sum(1 for v in out if isinstance(v, dict) and v.get("primary")) > 1:
             raise invalid(f"{where}: at most one value may be primary (RFC 7643 section 2.4)")
         return out
-    if isinstance(value, list) and attr.is_complex:
-        # Entra sends a single-valued complex attribute (manager) as a one-element array.
+    if isinstance(value, list) and (unwrap or attr.is_complex):
+        # Entra sends a single value as a one-element array: the manager as [{"$ref": null, "value":
+        # id}], other attributes as ["x"] or [{"value": "x"}].
         if len(value) != 1:
             raise invalid(f"{where} is single-valued, got a list of {len(value)}")
         value = value[0]
+    if unwrap and not attr.is_complex and isinstance(value, dict) and "value" in value and set(value) <= _WRAPPER_KEYS:
+        value = value["value"]  # {"value": "x"} for a simple attribute, the shape of a multi-valued one
     return _normalize_single(attr, value, where)
+
+
+# The keys of a multi-valued attribute's element that a simple value may arrive wrapped in.
+_WRAPPER_KEYS = frozenset({"value", "$ref", "display", "primary", "type"})
 
 
 def freeze(value: Any) -> Any:
@@ -133,7 +142,7 @@ def _normalize_single(attr: Attr, value: Any, where: str) -> Any:
             sub = attr.child(key) if isinstance(key, str) else None
             if sub is None or sub.read_only:
                 continue
-            norm = normalize(sub, sub_value, f"{where}.{sub.name}")
+            norm = normalize(sub, sub_value, f"{where}.{sub.name}", unwrap=False)
             if norm is not None:
                 out[sub.name] = norm
         return out or None

@@ -20,10 +20,13 @@ Semantics, RFC first, then the field:
 - a path-less ``add``/``replace`` value is a partial resource whose keys may be paths themselves
   (``"name.givenName"``, ``"urn:...:enterprise:2.0:User:department"``) or an extension URN holding an
   object; its ``id`` must be the resource's own (Okta sends it), ``schemas``/``meta`` are ignored;
+- an extension attribute may be named without its URN (``department``, ``manager``) where no core
+  attribute has that name, in a path or a path-less value's key, as some clients send it;
 - an explicit path to an unknown attribute is 400 ``invalidPath``; to a read-only one (``id``, ``meta``,
   ``groups``, ``members.display``...) 400 ``mutability``; removing a required attribute (``userName``,
   a group's ``displayName``) 400 ``invalidValue``; ``password`` is accepted and dropped;
-- values are converted as in POST/PUT (string booleans, single-element manager arrays...), and a
+- values are converted as in POST/PUT (string booleans, single-element arrays or ``{"value": x}`` for
+  a single value, as Entra sends them...), and a
   new ``primary: true`` value clears ``primary`` on the others (RFC 7643 section 2.4).
 """
 
@@ -191,7 +194,8 @@ class _Patcher:
         raise _bad_path(f"invalid path {text!r}")
 
     def _attribute(self, path: AttrPath, text: str) -> tuple[str | None, Attr]:
-        found = self.schema.attribute(path.attr, path.uri)
+        found = (self.schema.attribute(path.attr, path.uri) if path.uri
+                 else self.schema.unqualified(path.attr))
         if found is None:
             raise _bad_path(f"no attribute {text!r} in {self.schema.name}")
         return found

@@ -86,6 +86,15 @@ class ResourceSchema:
         found = ext[1].get(name.lower())
         return (ext[0], found) if found else None
 
+    def unqualified(self, name: str) -> tuple[str | None, Attr] | None:
+        """An attribute named without its schema URN: the core one, else the one extension attribute
+        of that name (Entra's mappings can send ``department`` for the enterprise extension's)."""
+        found = self.attribute(name)
+        if found is not None:
+            return found
+        matches = [(urn, attrs[name.lower()]) for urn, attrs in self.extensions.values() if name.lower() in attrs]
+        return matches[0] if len(matches) == 1 else None
+
     def extension_urn(self, name: str) -> str | None:
         """The canonical spelling of an extension URN, or None when ``name`` is not one."""
         ext = self.extensions.get(name.lower())

@@ -14,6 +14,7 @@ from scim_common import kube
 from scim_common.logs import setup_logging
 from scim_common.settings import EndpointSettings
 from scim_endpoint.app import create_app
+from scim_endpoint.audit import Audit
 from scim_endpoint.auth import Tokens
 from scim_endpoint.kubeapi import skip_environment_lookups
 from scim_endpoint.limits import Limits
@@ -52,8 +53,10 @@ async def serve(settings: EndpointSettings, stop: asyncio.Event | None = None) -
         caps = Limits(max_filter_length=settings.max_filter_length, max_filter_terms=settings.max_filter_terms,
                       max_attributes=settings.max_attributes, max_patch_operations=settings.max_patch_operations,
                       max_json_depth=settings.max_json_depth, max_object_bytes=settings.max_object_bytes)
+        audit = Audit(store, api if settings.audit_events else None, registry=metrics.registry)
+        audit.start()
         app = create_app(store, tokens, max_results=settings.max_results, max_body_bytes=settings.max_body_bytes,
-                         base_url=settings.base_url, metrics=metrics, caps=caps)
+                         base_url=settings.base_url, metrics=metrics, caps=caps, audit_trail=audit)
         runners = [web.AppRunner(app, access_log=None)]
         if settings.metrics_port:
             runners.append(web.AppRunner(metrics.app(), access_log=None))
@@ -65,7 +68,7 @@ async def serve(settings: EndpointSettings, stop: asyncio.Event | None = None) -
                 await web.TCPSite(runners[1], settings.host, settings.metrics_port).start()
         except OSError as exc:
             log.error("cannot listen: %s", exc)
-            await _shutdown(runners, store, tokens)
+            await _shutdown(runners, store, tokens, audit)
             return 1
         freezer = asyncio.create_task(_freeze_after_sync(store))
         log.info("SCIM endpoint listening", extra={"fields": {
@@ -74,7 +77,7 @@ async def serve(settings: EndpointSettings, stop: asyncio.Event | None = None) -
         await stop.wait()
         log.info("shutting down")
         freezer.cancel()
-        await _shutdown(runners, store, tokens)
+        await _shutdown(runners, store, tokens, audit)
     return 0
 
 
@@ -88,8 +91,9 @@ async def _freeze_after_sync(store: Store) -> None:
                                                 "groups": len(store.groups.objects)}})
 
 
-async def _shutdown(runners: list[web.AppRunner], store: Store, tokens: Tokens) -> None:
+async def _shutdown(runners: list[web.AppRunner], store: Store, tokens: Tokens, audit: Audit) -> None:
     for runner in runners:
         await runner.cleanup()
+    await audit.stop()
     await tokens.stop()
     await store.stop()

@@ -63,6 +63,7 @@ ENDPOINT_LAYERS = {
     "app": 5,  # HTTP
     "service": 4,  # SCIM operations
     "metrics": 4,
+    "audit": 4,  # the audit trail: log lines and Events of SCIM writes
     "resources": 3,  # the resource types
     "convert": 2,  # pure protocol: no I/O
     "patch": 2,

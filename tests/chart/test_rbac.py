@@ -107,6 +107,16 @@ def test_endpoint_reads_and_writes_the_scim_resources_and_only_its_token_secret(
     for verb in ["get", *WRITE_VERBS]:
         assert not allows(rules, "", "secrets", verb, name="litellm-master")
     assert not allows(rules, "", "configmaps", "get")
+    # The audit trail's Events: created, never changed or read back.
+    assert allows(rules, "", "events", "create")
+    for verb in ["patch", "update", "delete", "list"]:
+        assert not allows(rules, "", "events", verb)
+
+
+def test_endpoint_without_audit_events_may_not_create_events(render: Render) -> None:
+    m = render({"endpoint": {"auditEvents": False}})
+    rules = bound_rules(m, service_account(m, "endpoint"))[m.namespace]
+    assert not allows(rules, "", "events", "create")
 
 
 def test_endpoint_only_reads_a_token_secret_the_chart_does_not_make(render: Render) -> None:

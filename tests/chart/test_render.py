@@ -24,7 +24,7 @@ NON_DEFAULT: dict[str, Any] = {
                 "timeout": 10, "concurrency": 4},
     "scimTokens": {"secretName": "idp-tokens", "initialTokenName": "entra"},
     "endpoint": {
-        "port": 8443, "metricsPort": 9100, "maxBodyBytes": 2097152, "maxResults": 200,
+        "port": 8443, "metricsPort": 9100, "maxBodyBytes": 2097152, "maxResults": 200, "auditEvents": False,
         "ingress": {"enabled": True, "className": "nginx", "host": "scim.corp.example",
                     "tls": {"enabled": True, "secretName": "scim-cert"}},
         "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 9},
@@ -90,6 +90,7 @@ def test_default_processes(default: Manifests) -> None:
     assert ep["--token-secret"] == "litellm-scim-tokens"
     assert "--base-url" not in ep, "without an ingress the endpoint derives URLs from each request"
     assert "--unique-group-external-id" not in ep, "group names are the team ids: externalIds may repeat"
+    assert "--no-audit-events" not in ep, "audit Events are on by default"
     op = args_of(default, "operator")
     assert default.container("operator")["command"] == ["litellm-scim", "operator"]
     assert op["--litellm-url"] == REQUIRED_VALUES["litellm"]["url"]
@@ -108,6 +109,7 @@ def test_custom_values_reach_the_processes(custom: Manifests) -> None:
     assert ep["--base-url"] == "https://scim.corp.example/scim/v2"
     assert ep["--max-body-bytes"] == "2097152" and ep["--max-results"] == "200"
     assert ep["--log-level"] == "debug" and ep["--log-format"] == "text"
+    assert "--no-audit-events" in ep
     # The externalId names the team, so the endpoint keeps it unique among groups.
     assert "--unique-group-external-id" in ep
     op = args_of(custom, "operator")

@@ -385,3 +385,35 @@ def test_entra_address_sub_attributes_build_one_work_address() -> None:
     assert out["phoneNumbers"] == [{"type": "mobile", "value": "+1 555"}]
     assert out["roles"] == [{"primary": True, "type": "WindowsAzureActiveDirectoryRole", "value": "Admin"}]
     assert user_to_spec(out)["addresses"] == out["addresses"]
+
+
+# ---- enterprise attributes named without their URN, single values in multi-valued shapes ---------
+@pytest.mark.parametrize("path", ["department", "Department", f"{ENTERPRISE_URN}:department"])
+def test_enterprise_attribute_by_bare_or_qualified_path(path: str) -> None:
+    out = apply_patch(make_user(), ops({"op": "Add", "path": path, "value": "Research"}), "User")
+    assert out[ENTERPRISE_URN] == {"department": "Research"}
+
+
+@pytest.mark.parametrize("value", ["m1", {"value": "m1"}, [{"$ref": None, "value": "m1"}], ["m1"]])
+def test_bare_manager_path_in_every_shape(value: Any) -> None:
+    out = apply_patch(make_user(), ops({"op": "Replace", "path": "manager", "value": value}), "User")
+    assert out[ENTERPRISE_URN] == {"manager": {"value": "m1"}}
+
+
+@pytest.mark.parametrize("value", [["Eng"], [{"value": "Eng"}], {"value": "Eng"}, {"value": "Eng", "primary": True}])
+def test_single_valued_attribute_unwrapped(value: Any) -> None:
+    out = apply_patch(make_user(), ops({"op": "Replace", "path": "title", "value": value}), "User")
+    assert out["title"] == "Eng"
+
+
+@pytest.mark.parametrize("value", [["a", "b"], [], {"value": "a", "other": 1}])
+def test_single_valued_attribute_still_refuses_real_lists_and_objects(value: Any) -> None:
+    with pytest.raises(ScimError) as info:
+        apply_patch(make_user(), ops({"op": "Replace", "path": "title", "value": value}), "User")
+    assert info.value.scim_type == "invalidValue"
+
+
+def test_core_attribute_wins_over_an_extension_of_the_same_name() -> None:
+    # "displayName" is core (and a sub-attribute of manager, not an extension attribute): it stays core.
+    out = apply_patch(make_user(), ops({"op": "Replace", "path": "displayName", "value": "Al"}), "User")
+    assert out["displayName"] == "Al" and ENTERPRISE_URN not in out
