@@ -5,6 +5,7 @@ of requests."""
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -25,6 +26,10 @@ ATTEMPTS = 5
 # The lookups identity providers send on every sync (userName, externalId, displayName, id): answered
 # from an index of the type's collection, then confirmed by the real filter (so the index only
 # narrows, it never decides).
+# Rendered resources kept (least recently used dropped): enough for a sync's working set, while
+# 100,000 rendered users (about 4 KB each) would be most of the process's memory.
+VIEW_CACHE = 10_000
+
 _EQ = re.compile(r'^\s*(\w+)\s+eq\s+"((?:[^"\\]|\\.)*)"\s*$', re.IGNORECASE)
 
 
@@ -54,8 +59,9 @@ class Service:
     def __init__(self, store: Store, max_results: int) -> None:
         self.store = store
         self.max_results = max_results
-        # type -> id -> (cache key, rendered SCIM resource); rendering 10,000 users per filter would dominate.
-        self._views: dict[str, dict[str, tuple[Any, dict[str, Any]]]] = {rt.name: {} for rt in TYPES}
+        # type -> id -> (cache key, rendered SCIM resource), least recently used first.
+        self._views: dict[str, OrderedDict[str, tuple[Any, dict[str, Any]]]] = {
+            rt.name: OrderedDict() for rt in TYPES}
         for rt in TYPES:
             store.informer(rt.collection).listeners.append(partial(self._forget_view, self._views[rt.name]))
 
@@ -70,10 +76,14 @@ class Service:
         views = self._views[rt.name]
         cached = views.get(rec.id)
         if cached is not None and cached[0] == key:
+            views.move_to_end(rec.id)
             return cached[1]
         meta = {**rec.meta, "location": f"{base_url}/{rt.endpoint}/{rec.id}"}
         view = rt.to_scim(rec.spec, rec.id, meta, rt.related(self.store, rec))
         views[rec.id] = (key, view)
+        views.move_to_end(rec.id)
+        if len(views) > VIEW_CACHE:
+            views.popitem(last=False)
         return view
 
     # ---- reads ----------------------------------------------------------------------------------
@@ -111,6 +121,16 @@ class Service:
         if not predicates and first_error is not None:
             raise first_error
         await store.fresh(store.users, store.groups, store.shards)
+        start = max(query.start_index, 1)
+        count = self.max_results if query.count is None else max(0, min(query.count, self.max_results))
+        if len(predicates) == 1 and query.filter is None and not query.sort_by:
+            # The whole collection in listing order: page k is a slice of the kept order, rendered alone.
+            rt = next(iter(predicates))
+            order = store.order(rt.collection)
+            objects = store.informer(rt.collection).objects
+            page = [(rt, self.render(rt, store.record(rt.collection, objects[name]), base_url))
+                    for name in order.page(start - 1, count) if name in objects]
+            return self._list_response(query, len(order), start, count, page)
         matched: list[tuple[ResourceType, dict[str, Any]]] = []
         for rt, predicate in predicates.items():
             views = (self.render(rt, store.record(rt.collection, o), base_url)
@@ -120,10 +140,12 @@ class Service:
             descending = query.sort_order == "descending"
             keys = {rt: filters.sort_key(query.sort_by, rt.name, descending=descending) for rt in predicates}
             matched.sort(key=lambda item: keys[item[0]](item[1]))
-        total = len(matched)
-        start = max(query.start_index, 1)
-        count = self.max_results if query.count is None else max(0, min(query.count, self.max_results))
         page = matched[start - 1:start - 1 + count]
+        return self._list_response(query, len(matched), start, count, page)
+
+    @staticmethod
+    def _list_response(query: Query, total: int, start: int, count: int,
+                       page: list[tuple[ResourceType, dict[str, Any]]]) -> dict[str, Any]:
         out: dict[str, Any] = {"schemas": [LIST_URN], "totalResults": total, "itemsPerPage": len(page),
                                "startIndex": start}
         if count > 0:

@@ -182,6 +182,24 @@ async def test_paging_is_stable_and_counted(scim: Scim) -> None:
     assert searched.status == 200 and searched.body["totalResults"] == 1
 
 
+async def test_paging_follows_deletes_and_creates(scim: Scim) -> None:
+    """Pages are slices of a kept order (creation time, then id): a deleted user leaves it, a new one
+    takes its place by creation time."""
+    ids = [(await scim.post("/Users", user_body(f"order{i}@example.com"))).body["id"] for i in range(6)]
+    assert (await scim.delete(f"/Users/{ids[2]}")).status == 204
+    newcomer = (await scim.post("/Users", user_body("order-new@example.com"))).body["id"]
+    seen: list[str] = []
+    created: dict[str, str] = {}
+    for start in (1, 3, 5):
+        page = await scim.get(f"/Users?startIndex={start}&count=2")
+        assert page.body["totalResults"] == 6 and page.body["itemsPerPage"] == 2
+        seen += [r["id"] for r in page.body["Resources"]]
+        created.update({r["id"]: r["meta"]["created"] for r in page.body["Resources"]})
+    assert sorted(seen) == sorted([*ids[:2], *ids[3:], newcomer])
+    assert seen == sorted(seen, key=lambda i: (created[i], i))
+    assert (await scim.get("/Users?startIndex=7&count=2")).body["itemsPerPage"] == 0
+
+
 async def test_max_results_caps_pages(scim: Scim) -> None:
     for i in range(55):
         assert (await scim.post("/Users", user_body(f"cap{i}@example.com"))).status == 201
