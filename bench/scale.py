@@ -223,7 +223,7 @@ async def run(args: argparse.Namespace, users: int, groups: int) -> dict[str, An
     etcd_dir = cluster.state_dir / "etcd-data"
     procs: list[subprocess.Popen[bytes]] = []
     result: dict[str, Any] = {"users": users, "groups": groups, "members_per_group": args.members,
-                              "big_group": min(args.big_group, users), "machine": machine()}
+                              "big_group": min(args.big_group, users // 2), "machine": machine()}
     try:
         api = await kube.api_client(cluster.kubeconfig)
         async with api:
@@ -242,7 +242,7 @@ async def run(args: argparse.Namespace, users: int, groups: int) -> dict[str, An
             user_seconds = time.perf_counter() - t0
             print(f"seeded {users} users in {user_seconds:.0f} s", flush=True)
             gids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(groups)]
-            big = min(args.big_group, users)
+            big = min(args.big_group, users // 2)
             t0 = time.perf_counter()
             await asyncio.gather(*(seeder.group(gid, f"Group {g}", rng.sample(ids, min(args.members, users)))
                                    for g, gid in enumerate(gids[1:], start=1)))
@@ -405,7 +405,8 @@ def cli() -> int:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--groups", type=int, default=10_000)
     parser.add_argument("--members", type=int, default=20, help="members of each group")
-    parser.add_argument("--big-group", type=int, default=50_000, help="members of the one big group")
+    parser.add_argument("--big-group", type=int, default=50_000,
+                        help="members of the one big group (at most half the users)")
     parser.add_argument("--lookups", type=int, default=200, help="requests per lookup kind")
     parser.add_argument("--patches", type=int, default=20, help="member PATCHes per group size")
     parser.add_argument("--series", default="", help="comma-separated user counts, groups = users / 10")

@@ -188,6 +188,9 @@ class Store:
         self._orders = {c.name: Order() for c in COLLECTIONS.values()}
         self._group_shards: dict[str, dict[int, str]] = {}
         self._member_of: dict[str, Names] = {}
+        # Members whose id is not in case-folded form, by the folded form (empty while every id is
+        # a lower-case UUID): member values compare case-insensitively in filters.
+        self._odd_case: dict[str, Names] = {}
         for coll in COLLECTIONS.values():
             self.informer(coll).listeners.append(partial(self._index, coll))
             self.informer(coll).listeners.append(self._orders[coll.name].changed)
@@ -261,7 +264,11 @@ class Store:
         before, after = members(old), members(new)
         for member in before - after:
             self._move(self._member_of, member, None, group)
+            if member not in self._member_of and member != member.casefold():
+                self._move(self._odd_case, member.casefold(), None, member)
         for member in after - before:
+            if member not in self._member_of and member != member.casefold():
+                self._move(self._odd_case, None, member.casefold(), member)
             self._move(self._member_of, None, member, group)
 
     # ---- reads from the copies ------------------------------------------------------------------
@@ -315,6 +322,13 @@ class Store:
         """Names of the resources whose indexed ``spec_field`` holds ``value``."""
         key = value.casefold() if coll.indexes[spec_field] else value
         return _names(self._indexes[coll.name][spec_field].get(key))
+
+    def holding(self, member: str) -> set[str]:
+        """Ids of the groups listing ``member`` in any letter case (a superset is fine: the filter
+        still decides)."""
+        folded = member.casefold()
+        keys = {member, folded} | _names(self._odd_case.get(folded))
+        return set().union(*(_names(self._member_of.get(k)) for k in keys))
 
     def order(self, coll: Collection) -> Order:
         """The names of ``coll`` in listing order (that of ``sorted_by_creation``)."""
