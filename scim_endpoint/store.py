@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import re
+import sys
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -222,26 +223,27 @@ class Store:
     # ---- indexes (kept by the informers' listeners) ---------------------------------------------
     @staticmethod
     def _move(index: dict[str, Names], old: str | None, new: str | None, name: str) -> None:
-        # Almost every value names one resource: it is kept as the bare name (a one-element set
-        # costs 200 bytes, times 100,000 users and two indexes).
+        # Almost every value names one resource: it is kept as the bare name, several as a tuple
+        # (a set costs 200 bytes, times 100,000 users and three indexes).
         if old == new:
             return
         if old is not None:
             held = index.get(old)
             if held == name:
                 del index[old]
-            elif isinstance(held, set):
-                held.discard(name)
-                if len(held) == 1:
-                    index[old] = next(iter(held))
+            elif isinstance(held, tuple):
+                rest = tuple(n for n in held if n != name)
+                index[old] = rest[0] if len(rest) == 1 else rest
         if new is not None:
+            name = sys.intern(name)
             held = index.get(new)
             if held is None:
-                index[new] = name
-            elif isinstance(held, set):
-                held.add(name)
+                index[sys.intern(new)] = name
+            elif isinstance(held, tuple):
+                if name not in held:
+                    index[new] = (*held, name)
             elif held != name:
-                index[new] = {held, name}
+                index[new] = (held, name)
 
     def _index(self, coll: Collection, name: str, old: Obj | None, new: Obj | None) -> None:
         for spec_field, folded in coll.indexes.items():
@@ -633,7 +635,7 @@ class Store:
             raise _api_error(exc, plural) from None
 
 
-Names = str | set[str]
+Names = str | tuple[str, ...]
 
 
 def _names(held: Names | None) -> set[str]:
