@@ -188,28 +188,28 @@ class RawTraffic:
             "spec": {"userName": f"{self.label}-{i}@example.com", "active": True}})
         return True
 
+    def _claim(self, value: str, owner: str) -> Awaitable[dict[str, Any]]:
+        return self._create(CLAIM.plural, {
+            "apiVersion": API_VERSION, "kind": CLAIM.kind, "metadata": {"name": claim_name("User", value)},
+            "spec": {"resourceKind": "User", "value": value, "owner": owner}})
+
+    def _user(self, uid: str, value: str) -> Awaitable[dict[str, Any]]:
+        return self._create(USER.plural, {
+            "apiVersion": API_VERSION, "kind": USER.kind, "metadata": {"name": uid},
+            "spec": {"userName": value, "active": True}})
+
     async def claim_then_create(self, i: int) -> bool:
         """What a unique create needs under this design: the name claim, then the resource."""
         uid, value = str(uuid.uuid4()), f"{self.label}-pair-{i}@example.com"
-        await self._create(CLAIM.plural, {
-            "apiVersion": API_VERSION, "kind": CLAIM.kind, "metadata": {"name": claim_name("User", value)},
-            "spec": {"resourceKind": "User", "value": value, "owner": uid}})
-        await self._create(USER.plural, {
-            "apiVersion": API_VERSION, "kind": USER.kind, "metadata": {"name": uid},
-            "spec": {"userName": value, "active": True}})
+        await self._claim(value, uid)
+        await self._user(uid, value)
         return True
 
     async def claim_with_create(self, i: int) -> bool:
         """The same two writes sent at once: the floor of a design that creates both concurrently
         and undoes the resource when the claim is lost."""
         uid, value = str(uuid.uuid4()), f"{self.label}-both-{i}@example.com"
-        await asyncio.gather(
-            self._create(CLAIM.plural, {
-                "apiVersion": API_VERSION, "kind": CLAIM.kind, "metadata": {"name": claim_name("User", value)},
-                "spec": {"resourceKind": "User", "value": value, "owner": uid}}),
-            self._create(USER.plural, {
-                "apiVersion": API_VERSION, "kind": USER.kind, "metadata": {"name": uid},
-                "spec": {"userName": value, "active": True}}))
+        await asyncio.gather(self._claim(value, uid), self._user(uid, value))
         return True
 
     async def make_shards(self, count: int) -> None:
@@ -287,6 +287,25 @@ def start_process(cmd: list[str], ready_url: str, log: Path, env: dict[str, str]
     return proc
 
 
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def start_endpoint(kubeconfig: str, namespace: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A real ``litellm-scim endpoint`` process on a free port, once it answers ``/readyz``."""
+    port = peers.free_port()
+    proc = start_process(
+        [sys.executable, "-m", "litellm_scim.cli", "endpoint", "--host", "127.0.0.1", "--port", str(port),
+         "--metrics-port", "0", "--namespace", namespace, "--kubeconfig", kubeconfig, "--log-level", "warning"],
+        f"http://127.0.0.1:{port}/readyz", log)
+    return proc, port
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     state = Path(tempfile.mkdtemp(prefix="scim-bench-"))
     cluster = peers.find_or_start_cluster(state / "k8s", prefer=os.environ.get("SCIM_TEST_KUBECONFIG"))
@@ -302,12 +321,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 await chart.ensure_namespace(api, ns)
             _, token = await tokens.create_token(api, namespace, name="bench")
 
-            port = peers.free_port()
-            endpoint = start_process(
-                [sys.executable, "-m", "litellm_scim.cli", "endpoint", "--host", "127.0.0.1", "--port", str(port),
-                 "--metrics-port", "0", "--namespace", namespace, "--kubeconfig", cluster.kubeconfig,
-                 "--log-level", "warning"],
-                f"http://127.0.0.1:{port}/readyz", state / "endpoint.log")
+            endpoint, port = start_endpoint(cluster.kubeconfig, namespace, state / "endpoint.log")
             procs.append(endpoint)
             ref_port = peers.free_port()
             reference = start_process(
@@ -350,13 +364,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             # A replica (re)starting on a namespace that already holds them: the usual way to meet 10k users.
             endpoint.terminate()
             endpoint.wait(timeout=10)
-            port = peers.free_port()
             started = time.perf_counter()
-            endpoint = start_process(
-                [sys.executable, "-m", "litellm_scim.cli", "endpoint", "--host", "127.0.0.1", "--port", str(port),
-                 "--metrics-port", "0", "--namespace", namespace, "--kubeconfig", cluster.kubeconfig,
-                 "--log-level", "warning"],
-                f"http://127.0.0.1:{port}/readyz", state / "endpoint-restarted.log")
+            endpoint, port = start_endpoint(cluster.kubeconfig, namespace, state / "endpoint-restarted.log")
             procs.append(endpoint)
             ready_seconds = time.perf_counter() - started
             big = await wait_for_count(f"http://127.0.0.1:{port}/scim/v2/", token, args.rss_users)
@@ -365,12 +374,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             lookups_big = await big_lookups(f"http://127.0.0.1:{port}/scim/v2/", token, namespace, api, args)
             rss_after = rss_mib(endpoint.pid)
     finally:
-        for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
         cluster.stop()
 
     def ratio(a: float, b: float) -> float:

@@ -47,7 +47,7 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio import client
 
-from bench.endpoint_load import rss_mib, start_process
+from bench.endpoint_load import _pct, rss_mib, start_endpoint, stop_processes
 from litellm_scim import chart, peers
 from scim_common import clock, kube, tokens
 from scim_contract import (
@@ -76,8 +76,7 @@ PAGE = 100
 
 
 def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2) if ordered else float("nan")
+    return round(_pct(values, q), 2)
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -265,13 +264,8 @@ async def run(args: argparse.Namespace, users: int, groups: int) -> dict[str, An
             }
 
             # The endpoint (re)starting on a namespace that already holds everything.
-            port = peers.free_port()
             t0 = time.perf_counter()
-            endpoint = start_process(
-                [sys.executable, "-m", "litellm_scim.cli", "endpoint", "--host", "127.0.0.1", "--port", str(port),
-                 "--metrics-port", "0", "--namespace", namespace, "--kubeconfig", cluster.kubeconfig,
-                 "--log-level", "warning"],
-                f"http://127.0.0.1:{port}/readyz", state / "endpoint.log")
+            endpoint, port = start_endpoint(cluster.kubeconfig, namespace, state / "endpoint.log")
             ready = time.perf_counter() - t0
             procs.append(endpoint)
             ep: dict[str, Any] = {"seconds_to_ready": round(ready, 2), "rss_mib_ready": round(rss_mib(endpoint.pid), 1)}
@@ -312,12 +306,7 @@ async def run(args: argparse.Namespace, users: int, groups: int) -> dict[str, An
             result["endpoint"] = ep
             result["cluster"]["apiserver_rss_mib_end"] = pid_rss(cluster.state_dir / "apiserver.pid")
     finally:
-        for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
         cluster.stop()
         shutil.rmtree(state, ignore_errors=True)
     return result
