@@ -296,14 +296,12 @@ def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.kill()
 
 
-def start_endpoint(kubeconfig: str, namespace: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """A real ``litellm-scim endpoint`` process on a free port, once it answers ``/readyz``."""
-    port = peers.free_port()
-    proc = start_process(
+def start_endpoint(port: int, namespace: str, kubeconfig: str, log: Path) -> subprocess.Popen[bytes]:
+    """A ``litellm-scim endpoint`` on 127.0.0.1:``port``, once it is ready."""
+    return start_process(
         [sys.executable, "-m", "litellm_scim.cli", "endpoint", "--host", "127.0.0.1", "--port", str(port),
          "--metrics-port", "0", "--namespace", namespace, "--kubeconfig", kubeconfig, "--log-level", "warning"],
         f"http://127.0.0.1:{port}/readyz", log)
-    return proc, port
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -321,7 +319,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 await chart.ensure_namespace(api, ns)
             _, token = await tokens.create_token(api, namespace, name="bench")
 
-            endpoint, port = start_endpoint(cluster.kubeconfig, namespace, state / "endpoint.log")
+            port = peers.free_port()
+            endpoint = start_endpoint(port, namespace, cluster.kubeconfig, state / "endpoint.log")
             procs.append(endpoint)
             ref_port = peers.free_port()
             reference = start_process(
@@ -365,7 +364,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             endpoint.terminate()
             endpoint.wait(timeout=10)
             started = time.perf_counter()
-            endpoint, port = start_endpoint(cluster.kubeconfig, namespace, state / "endpoint-restarted.log")
+            endpoint = start_endpoint(port, namespace, cluster.kubeconfig, state / "endpoint-restarted.log")
             procs.append(endpoint)
             ready_seconds = time.perf_counter() - started
             big = await wait_for_count(f"http://127.0.0.1:{port}/scim/v2/", token, args.rss_users)
@@ -464,6 +463,22 @@ async def big_lookups(base: str, token: str, namespace: str, api: client.ApiClie
         return series.stats()
 
 
+def aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """The rows as text columns, the first row a heading underlined."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def save(result: dict[str, Any], path: Path, text: str) -> None:
+    """Write the JSON result and print the table."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(text)
+    print(f"\nwritten to {path}")
+
+
 def table(result: dict[str, Any]) -> str:
     rows = [("operation", "server", "p50 ms", "p90 ms", "p99 ms", "req/s", "errors")]
     for op in ("POST /Users", "POST /Users (claim + create)", "POST /Users (claim and create at once)",
@@ -477,9 +492,7 @@ def table(result: dict[str, Any]) -> str:
     big = result["memory"]["lookup_with_all_stored"]
     rows.append(("GET /Users?filter (10k users)", "endpoint", f"{big['p50_ms']:.1f}", f"{big['p90_ms']:.1f}",
                  f"{big['p99_ms']:.1f}", f"{big['rps']:.0f}", str(big["errors"])))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = aligned(rows)
     lines.append("")
     lines += [f"{k}: {v}" for k, v in result["ratios"].items()]
     mem = result["memory"]
@@ -500,10 +513,7 @@ def cli() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args()
     result = asyncio.run(main(args))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(table(result))
-    print(f"\nwritten to {args.out}")
+    save(result, args.out, table(result))
     return 0
 
 

@@ -264,8 +264,9 @@ async def run(args: argparse.Namespace, users: int, groups: int) -> dict[str, An
             }
 
             # The endpoint (re)starting on a namespace that already holds everything.
+            port = peers.free_port()
             t0 = time.perf_counter()
-            endpoint, port = start_endpoint(cluster.kubeconfig, namespace, state / "endpoint.log")
+            endpoint = start_endpoint(port, namespace, cluster.kubeconfig, state / "endpoint.log")
             ready = time.perf_counter() - t0
             procs.append(endpoint)
             ep: dict[str, Any] = {"seconds_to_ready": round(ready, 2), "rss_mib_ready": round(rss_mib(endpoint.pid), 1)}

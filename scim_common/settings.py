@@ -36,6 +36,18 @@ class EndpointSettings(CommonSettings):
     )
     max_body_bytes: int = Field(1_048_576, description="Largest request body accepted (413 above)")
     max_results: int = Field(1000, description="Largest page a list or search returns (ServiceProviderConfig)")
+    max_filter_length: int = Field(4096, description="Longest filter accepted, in characters (400 invalidFilter above)")
+    max_filter_terms: int = Field(100, description="Most comparisons in one filter (400 invalidFilter above)")
+    max_attributes: int = Field(
+        100, description="Most names in attributes or excludedAttributes (400 tooMany above)")
+    max_patch_operations: int = Field(1000, description="Most operations in one PATCH (400 tooMany above)")
+    max_json_depth: int = Field(32, description="Deepest nesting of a request body (400 invalidSyntax above)")
+    unique_group_external_id: bool = Field(
+        False,
+        description="Refuse a group whose externalId another group holds (409); for --team-id-strategy externalId")
+    max_object_bytes: int = Field(
+        1_000_000,
+        description="Largest serialized user or group (400 invalidValue above; etcd stores at most 1.5 MiB)")
 
 
 class OperatorSettings(CommonSettings):

@@ -40,6 +40,7 @@ from scim_contract.names import (
     VERSION,
     ResourceKind,
     claim_name,
+    fold,
     shard_name,
     shard_of,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "ScimUserStatus",
     "TeamSettings",
     "claim_name",
+    "fold",
     "shard_name",
     "shard_of",
 ]

@@ -106,6 +106,7 @@ class ScimNameClaimSpec(_Model):
     resourceKind: Literal["User", "Group"]
     value: str
     owner: str
+    attribute: Literal["externalId"] | None = None
 
 
 class Condition(_Model):

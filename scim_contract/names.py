@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from dataclasses import dataclass
 
 API_GROUP = "scim.litellm-operator.dev"
@@ -56,9 +57,26 @@ def shard_name(group: str, shard: int) -> str:
     return f"{group}-m{shard}"
 
 
-def claim_name(resource_kind: str, value: str) -> str:
-    """Name of the ScimNameClaim that reserves ``value`` (userName or group displayName).
+def fold(value: str) -> str:
+    """The form in which two case-insensitive values (``caseExact: false``) are the same value: NFC,
+    case-folded, NFC again (case folding can decompose: ``İ`` becomes ``i`` + U+0307). So ``é``
+    composed or decomposed, ``ß``/``SS``/``ss`` and any case are one name. Not NFKC: compatibility
+    folding would also merge distinct-looking names (``ﬁ``/``fi``, superscripts, full-width forms),
+    which RFC 7643 does not ask. ASCII folds to its lower case, as ``str.casefold`` alone did."""
+    if value.isascii():  # the common case, and a filter may fold every stored name once per term
+        return value.lower()
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", value).casefold())
 
-    Both attributes are case-insensitive in RFC 7643, so the claim is too."""
+
+def claim_name(resource_kind: str, value: str, attribute: str | None = None) -> str:
+    """Name of the ScimNameClaim that reserves ``value`` of ``attribute``: by default the type's
+    unique attribute (userName or group displayName), otherwise e.g. a group's externalId.
+
+    userName and displayName are case-insensitive in RFC 7643, so their claims are too (see ``fold``).
+    A value typed in NFC whose case folding stays in NFC (every ASCII value, and most others) keeps the
+    claim name it had before ``fold`` normalised, so existing claims stay valid. Other attributes
+    (externalId) are case-exact and claimed as written."""
     prefix = {"User": "user", "Group": "group"}[resource_kind]
-    return f"{prefix}-{_digest(value.casefold())[:40]}"
+    if attribute is None:
+        return f"{prefix}-{_digest(fold(value))[:40]}"
+    return f"{prefix}-{attribute.lower()}-{_digest(value)[:40]}"

@@ -12,9 +12,10 @@ from typing import Any
 from aiohttp import ClientError, web
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from scim_endpoint import filters, schema
+from scim_endpoint import filters, limits, schema
 from scim_endpoint.auth import Tokens
 from scim_endpoint.errors import ScimError
+from scim_endpoint.limits import Limits
 from scim_endpoint.metrics import Metrics
 from scim_endpoint.resources import TYPES, ResourceType, by_endpoint
 from scim_endpoint.service import Query, Service
@@ -34,6 +35,7 @@ TOKENS: web.AppKey[Tokens] = web.AppKey("tokens", Tokens)
 STORE: web.AppKey[Store] = web.AppKey("store", Store)
 SETTINGS: web.AppKey[dict[str, Any]] = web.AppKey("settings", dict)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+LIMITS: web.AppKey[Limits] = web.AppKey("limits", Limits)
 
 
 def scim_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -112,10 +114,7 @@ async def json_body(request: web.Request) -> Any:
     raw = await request.read()
     if not raw.strip():
         raise ScimError(400, "The request body is empty", "invalidSyntax")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ScimError(400, f"The request body is not valid JSON: {exc}", "invalidSyntax") from None
+    return limits.json_loads(raw, request.app[LIMITS])
 
 
 def _int(value: Any, name: str) -> int | None:
@@ -139,11 +138,13 @@ def _names(value: Any, name: str) -> list[str] | None:
     raise ScimError(400, f"{name} must be a list of attribute names", "invalidValue")
 
 
-def query_from(params: Any) -> Query:
+def query_from(params: Any, caps: Limits) -> Query:
     """A list query from URL parameters or a SearchRequest body (RFC 7644 section 3.4.2/3.4.3)."""
     filter_ = params.get("filter")
     if filter_ is not None and not isinstance(filter_, str):
         raise ScimError(400, "filter must be a string", "invalidFilter")
+    if filter_:
+        limits.check_filter_length(filter_, caps)
     sort_by = params.get("sortBy")
     if sort_by is not None and not isinstance(sort_by, str):
         raise ScimError(400, "sortBy must be a string", "invalidValue")
@@ -152,6 +153,8 @@ def query_from(params: Any) -> Query:
         raise ScimError(400, "sortOrder must be ascending or descending", "invalidValue")
     attributes = _names(params.get("attributes"), "attributes")
     excluded = _names(params.get("excludedAttributes"), "excludedAttributes")
+    limits.check_attribute_count(attributes, "attributes", caps)
+    limits.check_attribute_count(excluded, "excludedAttributes", caps)
     return Query(
         filter=filter_ or None, start_index=_int(params.get("startIndex"), "startIndex") or 1,
         count=_int(params.get("count"), "count"), sort_by=sort_by or None, sort_order=order.lower(),
@@ -167,7 +170,7 @@ def base_url(request: web.Request) -> str:
 
 
 def projected(request: web.Request, resource: dict[str, Any], rt: ResourceType) -> dict[str, Any]:
-    q = query_from(request.query)
+    q = query_from(request.query, request.app[LIMITS])
     if q.attributes is None and q.excluded is None:
         return resource
     return filters.project(resource, q.attributes, q.excluded, rt.name)
@@ -206,7 +209,8 @@ async def get(request: web.Request) -> web.StreamResponse:
 
 
 async def list_(request: web.Request) -> web.StreamResponse:
-    result = await request.app[SERVICE].search([_type(request)], query_from(request.query), base_url(request))
+    query = query_from(request.query, request.app[LIMITS])
+    result = await request.app[SERVICE].search([_type(request)], query, base_url(request))
     return scim_response(result)
 
 
@@ -217,7 +221,8 @@ async def search(request: web.Request) -> web.StreamResponse:
         raise ScimError(400, "A SearchRequest must be a JSON object", "invalidSyntax")
     rt = by_endpoint(request.match_info["endpoint"])
     types = list(TYPES) if rt is None else [rt]
-    return scim_response(await request.app[SERVICE].search(types, query_from(body), base_url(request)))
+    query = query_from(body, request.app[LIMITS])
+    return scim_response(await request.app[SERVICE].search(types, query, base_url(request)))
 
 
 async def replace(request: web.Request) -> web.StreamResponse:
@@ -300,11 +305,14 @@ def _path(endpoint: str, rest: str = "") -> str:
 
 
 def create_app(store: Store, tokens: Tokens, *, max_results: int = 1000, max_body_bytes: int = 1_048_576,
-               base_url: str | None = None, metrics: Metrics | None = None) -> web.Application:
+               base_url: str | None = None, metrics: Metrics | None = None,
+               caps: Limits | None = None) -> web.Application:
     app = web.Application(middlewares=[observe, scim_errors, authenticate], client_max_size=max_body_bytes)
+    caps = caps or Limits()
     app[STORE] = store
     app[TOKENS] = tokens
-    app[SERVICE] = Service(store, max_results)
+    app[LIMITS] = caps
+    app[SERVICE] = Service(store, max_results, caps)
     app[SETTINGS] = {"base_url": base_url, "max_body_bytes": max_body_bytes}
     if metrics is not None:
         app[METRICS] = metrics

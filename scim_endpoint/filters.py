@@ -41,7 +41,9 @@ from scim2_models.path import (
     ValuePath,
 )
 
+from scim_contract import fold
 from scim_endpoint.errors import ScimError
+from scim_endpoint.limits import check_filter_terms
 from scim_endpoint.schema import Attr, ResourceSchema, resource_schema
 
 Predicate = Callable[[Mapping[str, Any]], bool]
@@ -57,15 +59,33 @@ def parse_filter(expr: str) -> FilterNode:
         raise invalid_filter("the filter is empty")
     try:
         return ScimFilter(expr).ast
+    except RecursionError:
+        raise invalid_filter("the filter nests too deeply") from None
     except (SCIMException, ValueError) as exc:
         error = exc
     quoted = _quote_bare_values(expr)
     if quoted != expr:
         try:
             return ScimFilter(quoted).ast
-        except (SCIMException, ValueError):
+        except (SCIMException, ValueError, RecursionError):
             pass
     raise invalid_filter(f"invalid filter {expr!r}: {error}")
+
+
+def count_terms(node: FilterNode) -> int:
+    """The comparisons and presence tests of a filter (iteratively: a filter may nest deeply)."""
+    count, stack = 0, [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, LogicalExpr):
+            stack.extend(item.terms)
+        elif isinstance(item, Not):
+            stack.append(item.expr)
+        elif isinstance(item, ValuePath):
+            stack.append(item.val_filter)
+        else:
+            count += 1
+    return count
 
 
 _SEGMENTS = re.compile(r'"(?:[^"\\]|\\.)*"|[^"]+|"')
@@ -86,12 +106,19 @@ def _quote_bare_values(expr: str) -> str:
 
 
 @lru_cache(maxsize=512)
-def compile_filter(expr: str, resource_type: str) -> Callable[[dict[str, Any]], bool]:
+def compile_filter(expr: str, resource_type: str, max_terms: int | None = None) -> Callable[[dict[str, Any]], bool]:
     """A predicate over canonical SCIM dicts of ``resource_type`` ("User"|"Group").
 
-    Raises ScimError 400 invalidFilter for anything it cannot evaluate exactly."""
+    Raises ScimError 400 invalidFilter for anything it cannot evaluate exactly, or for more than
+    ``max_terms`` terms (each one is evaluated against every candidate resource)."""
     schema = resource_schema(resource_type)
-    return _compile(parse_filter(expr), _ResourceScope(schema))
+    node = parse_filter(expr)
+    if max_terms is not None:
+        check_filter_terms(count_terms(node), max_terms)
+    try:
+        return _compile(node, _ResourceScope(schema))
+    except RecursionError:
+        raise invalid_filter("the filter nests too deeply") from None
 
 
 # --- attribute resolution ------------------------------------------------------------------------
@@ -296,19 +323,19 @@ def comparator(attr: Attr, op: str, expected: Any, where: str) -> Callable[[Any]
             raise invalid_filter(f"{where} is a string, {expected!r} is not")
         if kind == "binary" and op in _ORDERING:
             raise invalid_filter(f"{where} is binary: {op} does not apply")
-        fold: Callable[[Any], Any] = (
+        norm: Callable[[Any], Any] = (
             (lambda v: v if isinstance(v, str) else None)
             if attr.case_exact
-            else (lambda v: v.casefold() if isinstance(v, str) else None)
+            else (lambda v: fold(v) if isinstance(v, str) else None)
         )
-        want = fold(expected)
+        want = norm(expected)
         if op == "co":
-            return lambda v: (f := fold(v)) is not None and want in f
+            return lambda v: (f := norm(v)) is not None and want in f
         if op == "sw":
-            return lambda v: (f := fold(v)) is not None and f.startswith(want)
+            return lambda v: (f := norm(v)) is not None and f.startswith(want)
         if op == "ew":
-            return lambda v: (f := fold(v)) is not None and f.endswith(want)
-        return _ordered(op, want, fold)
+            return lambda v: (f := norm(v)) is not None and f.endswith(want)
+        return _ordered(op, want, norm)
     raise invalid_filter(f"{where}: attributes of type {kind} cannot be compared")
 
 
@@ -393,7 +420,7 @@ def sort_key(
         if leaf.type == "dateTime":
             return _resource_instant(value)
         if isinstance(value, str) and not leaf.case_exact:
-            return value.casefold()
+            return fold(value)
         if isinstance(value, (str, int, float)):
             return value
         return None
@@ -418,10 +445,14 @@ def sort_key(
 # --- projection ----------------------------------------------------------------------------------
 
 
-def _selection(items: list[str] | None, schema: ResourceSchema) -> dict[tuple[str | None, str], set[str] | None]:
-    """Requested attributes as {(extension URN or None, attribute name): sub-attribute names or None (all)}."""
+@lru_cache(maxsize=256)
+def _selection(items: tuple[str, ...], resource_type: str) -> dict[tuple[str | None, str], set[str] | None]:
+    """Requested attributes as {(extension URN or None, attribute name): sub-attribute names or None (all)}.
+
+    Parsed once per list, not once per resource of a page: the result is only read."""
+    schema = resource_schema(resource_type)
     out: dict[tuple[str | None, str], set[str] | None] = {}
-    for text in items or []:
+    for text in items:
         text = text.strip()
         if not text:
             continue
@@ -464,8 +495,8 @@ def project(
     ``returned: always`` attributes (id, schemas, meta) are always kept, ``never`` ones (password)
     never, ``request`` ones only when asked for. ``attributes`` wins when both are given."""
     schema = resource_schema(resource_type)
-    wanted = _selection(attributes, schema) if attributes else None
-    dropped = _selection(excluded, schema) if excluded and not attributes else {}
+    wanted = _selection(tuple(attributes), resource_type) if attributes else None
+    dropped = _selection(tuple(excluded), resource_type) if excluded and not attributes else {}
 
     def keep(ext: str | None, attr: Attr, value: Any) -> Any:
         if attr.returned == "never":

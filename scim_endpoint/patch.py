@@ -48,6 +48,7 @@ from scim2_models.path import (
 from scim_endpoint import convert
 from scim_endpoint.errors import ScimError
 from scim_endpoint.filters import Predicate, element_filter
+from scim_endpoint.limits import check_operation_count
 from scim_endpoint.schema import PATCH_URN, Attr, ResourceSchema, resource_schema
 
 _OPS = {"add", "replace", "remove"}
@@ -80,8 +81,9 @@ class _Target:
     template: dict[str, Any] | None = None  # the value an unmatched eq-only filter describes
 
 
-def operations(body: Any) -> list[tuple[str, str | None, Any, bool]]:
-    """The validated (op, path, value, has_value) list of a PatchOp body; 400 invalidSyntax otherwise."""
+def operations(body: Any, max_operations: int | None = None) -> list[tuple[str, str | None, Any, bool]]:
+    """The validated (op, path, value, has_value) list of a PatchOp body; 400 invalidSyntax otherwise,
+    400 tooMany for more than ``max_operations`` operations."""
     if not isinstance(body, dict):
         raise _syntax("a PATCH body must be a JSON object")
     lowered = {str(k).lower(): v for k, v in body.items()}
@@ -91,6 +93,8 @@ def operations(body: Any) -> list[tuple[str, str | None, Any, bool]]:
     ops = lowered.get("operations")
     if not isinstance(ops, list) or not ops:
         raise _syntax("a PATCH body needs a non-empty Operations list")
+    if max_operations is not None:
+        check_operation_count(len(ops), max_operations)
     out = []
     for i, raw in enumerate(ops):
         if not isinstance(raw, dict):
@@ -110,11 +114,12 @@ def operations(body: Any) -> list[tuple[str, str | None, Any, bool]]:
     return out
 
 
-def apply_patch(resource: dict[str, Any], body: dict[str, Any], resource_type: str) -> dict[str, Any]:
+def apply_patch(resource: dict[str, Any], body: dict[str, Any], resource_type: str, *,
+                max_operations: int | None = None) -> dict[str, Any]:
     """Apply a PatchOp body to a canonical (or full SCIM) resource; returns a new validated canonical
     resource. Raises ScimError 400 (invalidSyntax, invalidPath, invalidValue, mutability, noTarget)."""
     schema = resource_schema(resource_type)
-    ops = operations(body)
+    ops = operations(body, max_operations)
     work = _clone(resource)
     patcher = _Patcher(schema, resource)
     for op, path, value, has_value in ops:

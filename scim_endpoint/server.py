@@ -16,6 +16,7 @@ from scim_common.settings import EndpointSettings
 from scim_endpoint.app import create_app
 from scim_endpoint.auth import Tokens
 from scim_endpoint.kubeapi import skip_environment_lookups
+from scim_endpoint.limits import Limits
 from scim_endpoint.metrics import Metrics
 from scim_endpoint.store import Store
 
@@ -43,13 +44,16 @@ async def serve(settings: EndpointSettings, stop: asyncio.Event | None = None) -
         return 2
     skip_environment_lookups(api)
     async with api:
-        store = Store(api, settings.namespace)
+        store = Store(api, settings.namespace, unique_group_external_id=settings.unique_group_external_id)
         tokens = Tokens(api, settings.namespace, settings.token_secret)
         metrics = Metrics(store)
         store.start()
         tokens.start()
+        caps = Limits(max_filter_length=settings.max_filter_length, max_filter_terms=settings.max_filter_terms,
+                      max_attributes=settings.max_attributes, max_patch_operations=settings.max_patch_operations,
+                      max_json_depth=settings.max_json_depth, max_object_bytes=settings.max_object_bytes)
         app = create_app(store, tokens, max_results=settings.max_results, max_body_bytes=settings.max_body_bytes,
-                         base_url=settings.base_url, metrics=metrics)
+                         base_url=settings.base_url, metrics=metrics, caps=caps)
         runners = [web.AppRunner(app, access_log=None)]
         if settings.metrics_port:
             runners.append(web.AppRunner(metrics.app(), access_log=None))

@@ -4,16 +4,19 @@ of requests."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-from scim_endpoint import filters, patch
+from scim_endpoint import filters, limits, patch
 from scim_endpoint.errors import ScimError, not_found
 from scim_endpoint.informer import Obj, rv_of
+from scim_endpoint.limits import Limits
 from scim_endpoint.resources import TYPES, ResourceType
 from scim_endpoint.schema import LIST_URN
 from scim_endpoint.store import Record, Stale, Store, sorted_by_creation
@@ -22,6 +25,8 @@ T = TypeVar("T")
 
 # A write based on a stale copy is retried from a fresh read this many times before giving up.
 ATTEMPTS = 5
+# A search hands the event loop back after working this long (seconds) at a stretch.
+SLICE = 0.001
 
 # The lookups identity providers send on every sync (userName, externalId, displayName, id): answered
 # from an index of the type's collection, then confirmed by the real filter (so the index only
@@ -60,9 +65,10 @@ def if_match(header: str | None, version: str) -> None:
 
 
 class Service:
-    def __init__(self, store: Store, max_results: int) -> None:
+    def __init__(self, store: Store, max_results: int, caps: Limits | None = None) -> None:
         self.store = store
         self.max_results = max_results
+        self.limits = caps or Limits()
         # type -> id -> (cache key, rendered SCIM resource), least recently used first.
         self._views: dict[str, OrderedDict[str, tuple[Any, dict[str, Any]]]] = {
             rt.name: OrderedDict() for rt in TYPES}
@@ -120,7 +126,8 @@ class Service:
         first_error: ScimError | None = None
         for rt in resource_types:
             try:
-                predicates[rt] = filters.compile_filter(query.filter, rt.name) if query.filter else None
+                predicates[rt] = (filters.compile_filter(query.filter, rt.name, self.limits.max_filter_terms)
+                                  if query.filter else None)
             except ScimError as exc:
                 # Searching from the root: a filter naming a User-only attribute matches no Group.
                 if len(resource_types) == 1:
@@ -131,39 +138,54 @@ class Service:
         await store.fresh(store.users, store.groups, store.shards)
         start = max(query.start_index, 1)
         count = self.max_results if query.count is None else max(0, min(query.count, self.max_results))
+        # A filter of many terms over many resources takes a while: let health probes and other
+        # clients' requests in between rather than hold the event loop throughout.
+        slices = _Slices()
         if len(predicates) == 1 and query.filter is None and not query.sort_by:
             # The whole collection in listing order: page k is a slice of the kept order, rendered alone.
             rt = next(iter(predicates))
             order = store.order(rt.collection)
+            total, names = len(order), order.page(start - 1, count)
             objects = store.informer(rt.collection).objects
-            page = [(rt, self.render(rt, store.record(rt.collection, objects[name]), base_url))
-                    for name in order.page(start - 1, count) if name in objects]
-            return self._list_response(query, len(order), start, count, page)
+            page = []
+            for name in names:
+                await slices.next()
+                if name in objects:
+                    page.append((rt, self.render(rt, store.record(rt.collection, objects[name]), base_url)))
+            return await self._list_response(query, total, start, count, page, slices)
         matched: list[tuple[ResourceType, dict[str, Any]]] = []
         for rt, predicate in predicates.items():
-            views = (self.render(rt, store.record(rt.collection, o), base_url)
-                     for o in sorted_by_creation(self._candidates(rt, query.filter)))
-            matched.extend((rt, v) for v in views if predicate is None or predicate(v))
+            for obj in sorted_by_creation(self._candidates(rt, query.filter)):
+                await slices.next()
+                view = self.render(rt, store.record(rt.collection, obj), base_url)
+                if predicate is None or predicate(view):
+                    matched.append((rt, view))
         if query.sort_by:
             descending = query.sort_order == "descending"
             keys = {rt: filters.sort_key(query.sort_by, rt.name, descending=descending) for rt in predicates}
             matched.sort(key=lambda item: keys[item[0]](item[1]))
         page = matched[start - 1:start - 1 + count]
-        return self._list_response(query, len(matched), start, count, page)
+        return await self._list_response(query, len(matched), start, count, page, slices)
 
     @staticmethod
-    def _list_response(query: Query, total: int, start: int, count: int,
-                       page: list[tuple[ResourceType, dict[str, Any]]]) -> dict[str, Any]:
+    async def _list_response(query: Query, total: int, start: int, count: int,
+                             page: list[tuple[ResourceType, dict[str, Any]]], slices: _Slices) -> dict[str, Any]:
         out: dict[str, Any] = {"schemas": [LIST_URN], "totalResults": total, "itemsPerPage": len(page),
                                "startIndex": start}
         if count > 0:
-            out["Resources"] = [filters.project(v, query.attributes, query.excluded, rt.name) for rt, v in page]
+            resources = []
+            for rt, view in page:
+                await slices.next()
+                resources.append(filters.project(view, query.attributes, query.excluded, rt.name))
+            out["Resources"] = resources
         return out
 
     # ---- writes ---------------------------------------------------------------------------------
     async def create(self, rt: ResourceType, body: Any, base_url: str) -> dict[str, Any]:
         resource = rt.from_request(body)
-        rec = await self.store.create(rt.collection, rt.to_spec(resource), self._members(rt, resource))
+        spec = rt.to_spec(resource)
+        limits.check_object_size(spec, rt.name, self.limits)
+        rec = await self.store.create(rt.collection, spec, self._members(rt, resource))
         return self.render(rt, rec, base_url)
 
     async def replace(self, rt: ResourceType, rid: str, body: Any, base_url: str,
@@ -172,8 +194,8 @@ class Service:
 
     async def patch(self, rt: ResourceType, rid: str, body: Any, base_url: str,
                     match: str | None) -> dict[str, Any]:
-        return await self._update(rt, rid, lambda current: patch.apply_patch(current, body, rt.name), base_url,
-                                  match)
+        return await self._update(rt, rid, lambda current: patch.apply_patch(
+            current, body, rt.name, max_operations=self.limits.max_patch_operations), base_url, match)
 
     async def _update(self, rt: ResourceType, rid: str, change: Callable[[dict[str, Any]], dict[str, Any]],
                       base_url: str, match: str | None) -> dict[str, Any]:
@@ -186,6 +208,7 @@ class Service:
                 members = None
             if spec == rec.spec and members is None:
                 return current
+            limits.check_object_size(spec, rt.name, self.limits)
             return self.render(rt, await self.store.update(rt.collection, rec, spec, members), base_url)
 
         return await self._retrying(rt, rid, match, write)
@@ -240,6 +263,19 @@ class Service:
                 kind = "Group" if member["value"] in self.store.groups.objects else "User"
             out.append({"value": str(member["value"]), "type": kind})
         return out
+
+
+class _Slices:
+    """Cuts a long computation into slices of at most ``SLICE`` seconds, handing the event loop
+    back between them (one request's work then delays another by a slice, not by all of it)."""
+
+    def __init__(self) -> None:
+        self.mark = time.perf_counter()
+
+    async def next(self) -> None:
+        if time.perf_counter() - self.mark >= SLICE:
+            await asyncio.sleep(0)
+            self.mark = time.perf_counter()
 
 
 def _member_set(members: Iterable[dict[str, Any]]) -> set[tuple[str, str | None]]:

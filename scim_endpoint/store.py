@@ -4,8 +4,9 @@ One API for both, keyed by a :class:`Collection` (``USERS``, ``GROUPS``): what d
 data there (the custom resource, the unique attribute, the indexed fields, whether members are kept),
 not code. One ScimUser / ScimGroup per resource (the SCIM id is the object name). A group's members live in up
 to ``SHARDS`` ScimMemberShard objects, so changing one member rewrites one small shard. userName and
-group displayName are reserved by ScimNameClaim objects whose names derive from the lower-cased
-value: the API server's "already exists" decides a race between replicas.
+group displayName (and, with ``unique_group_external_id``, a group's externalId) are reserved by
+ScimNameClaim objects whose names derive from the folded value (the externalId: as written): the API
+server's "already exists" decides a race between replicas.
 
 Consistency:
 - Writes go to the API server with the cached resourceVersion as precondition; a 409 Conflict means
@@ -54,11 +55,13 @@ from scim_contract import (
     VERSION,
     ResourceKind,
     claim_name,
+    fold,
     shard_name,
     shard_of,
 )
 from scim_endpoint.errors import ScimError, conflict
 from scim_endpoint.informer import Informer, Obj, terminating, without_managed_fields
+from scim_endpoint.limits import object_too_large
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +159,15 @@ def _last_write(obj: Obj) -> str | None:
 
 def _api_error(exc: ApiException, what: str) -> Exception:
     """Map an API failure the caller did not expect to a SCIM answer."""
+    try:
+        message = str(json.loads(exc.body or "{}").get("message", ""))
+    except (TypeError, ValueError, AttributeError):
+        message = ""
+    if exc.status == 413 or "request is too large" in message:
+        # etcd refuses an object over its request limit (1.5 MiB by default) with a 500: the client's
+        # data, so a 400 the IdP does not retry, not a 503 it retries forever.
+        return object_too_large(what, "the 1.5 MiB Kubernetes stores in one object")
     if exc.status == 422:
-        try:
-            message = json.loads(exc.body or "{}").get("message", "")
-        except (TypeError, ValueError):
-            message = ""
         # The CRD schema rejected a value (too long, wrong type): the client's input, not us.
         detail = message.split(": ", 1)[-1] if message else f"invalid {what}"
         return ScimError(400, f"Invalid {what}: {detail}", "invalidValue")
@@ -169,9 +176,14 @@ def _api_error(exc: ApiException, what: str) -> Exception:
 
 
 class Store:
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+    def __init__(self, api: client.ApiClient, namespace: str, *, unique_group_external_id: bool = False) -> None:
         self.namespace = namespace
         self.api = client.CustomObjectsApi(api)
+        # collection name -> the spec fields held unique by name claims (the first: ``Collection.unique``)
+        self._unique: dict[str, tuple[str, ...]] = {c.name: (c.unique,) for c in COLLECTIONS.values()}
+        if unique_group_external_id:
+            # Under the externalId team strategy a group's externalId names its LiteLLM team.
+            self._unique[GROUPS.name] += ("externalId",)
 
         def lister(plural: str) -> Any:
             return partial(self.api.list_namespaced_custom_object, API_GROUP, VERSION, namespace, plural)
@@ -189,8 +201,8 @@ class Store:
         self._orders = {c.name: Order() for c in COLLECTIONS.values()}
         self._group_shards: dict[str, dict[int, str]] = {}
         self._member_of: dict[str, Names] = {}
-        # Members whose id is not in case-folded form, by the folded form (empty while every id is
-        # a lower-case UUID): member values compare case-insensitively in filters.
+        # Members whose id is not in folded form (``fold``), by the folded form (empty while every id
+        # is a lower-case UUID): member values compare case-insensitively in filters.
         self._odd_case: dict[str, Names] = {}
         for coll in COLLECTIONS.values():
             self.informer(coll).listeners.append(partial(self._index, coll))
@@ -266,11 +278,11 @@ class Store:
         before, after = members(old), members(new)
         for member in before - after:
             self._move(self._member_of, member, None, group)
-            if member not in self._member_of and member != member.casefold():
-                self._move(self._odd_case, member.casefold(), None, member)
+            if member not in self._member_of and member != fold(member):
+                self._move(self._odd_case, fold(member), None, member)
         for member in after - before:
-            if member not in self._member_of and member != member.casefold():
-                self._move(self._odd_case, None, member.casefold(), member)
+            if member not in self._member_of and member != fold(member):
+                self._move(self._odd_case, None, fold(member), member)
             self._move(self._member_of, None, member, group)
 
     # ---- reads from the copies ------------------------------------------------------------------
@@ -322,13 +334,13 @@ class Store:
 
     def lookup(self, coll: Collection, spec_field: str, value: str) -> set[str]:
         """Names of the resources whose indexed ``spec_field`` holds ``value``."""
-        key = value.casefold() if coll.indexes[spec_field] else value
+        key = fold(value) if coll.indexes[spec_field] else value
         return _names(self._indexes[coll.name][spec_field].get(key))
 
     def holding(self, member: str) -> set[str]:
         """Ids of the groups listing ``member`` in any letter case (a superset is fine: the filter
         still decides)."""
-        folded = member.casefold()
+        folded = fold(member)
         keys = {member, folded} | _names(self._odd_case.get(folded))
         return set().union(*(_names(self._member_of.get(k)) for k in keys))
 
@@ -375,11 +387,11 @@ class Store:
         """Create a resource, holding the name claim of its unique value, with its members when its
         collection keeps them."""
         rid = str(uuid.uuid4())
-        await self._claim(coll, spec[coll.unique], rid)
+        claims = await self._claim_all(coll, self._claims(coll, spec), rid)
         try:
             obj = await self._create(coll.kind.plural, self._object(coll.kind.kind, rid, spec))
         except BaseException:
-            await self._release(coll, spec[coll.unique], rid)
+            await self._release_all(coll, claims, rid)
             raise
         self.informer(coll).apply(obj)
         if coll.members:
@@ -397,10 +409,8 @@ class Store:
         """Write a resource's new spec (when it differs) and, when not None, its complete new member
         list; only the shards whose content changes are rewritten. A new unique value is claimed
         first and the old one released last."""
-        old_value, new_value = current.spec[coll.unique], spec[coll.unique]
-        renamed = claim_name(coll.name, old_value) != claim_name(coll.name, new_value)
-        if renamed:
-            await self._claim(coll, new_value, current.id)
+        old_claims, new_claims = self._claims(coll, current.spec), self._claims(coll, spec)
+        taken = await self._claim_all(coll, {k: v for k, v in new_claims.items() if k not in old_claims}, current.id)
         informer = self.informer(coll)
         written: list[tuple[int, Obj | None, Obj]] = []
         try:
@@ -413,11 +423,9 @@ class Store:
                 informer.apply(obj)
         except BaseException:
             await self._restore_shards(current, written)
-            if renamed:
-                await self._release(coll, new_value, current.id)
+            await self._release_all(coll, taken, current.id)
             raise
-        if renamed:
-            await self._release(coll, old_value, current.id)
+        await self._release_all(coll, {k: v for k, v in old_claims.items() if k not in new_claims}, current.id)
         return self.record(coll, informer.objects.get(current.id, obj))
 
     async def delete(self, coll: Collection, current: Record) -> None:
@@ -433,7 +441,7 @@ class Store:
             with contextlib.suppress(Stale):
                 await self._delete(SHARD.plural, name, None)
             self.shards.forget(name)
-        await self._release(coll, current.spec[coll.unique], current.id)
+        await self._release_all(coll, self._claims(coll, current.spec), current.id)
 
     async def _write_members(self, current: Record, members: list[dict[str, Any]]) -> list[
             tuple[int, Obj | None, Obj]]:
@@ -521,11 +529,39 @@ class Store:
                     continue
 
     # ---- name claims ----------------------------------------------------------------------------
-    async def _claim(self, coll: Collection, value: str, owner: str) -> None:
-        name = claim_name(coll.name, value)
-        body = self._object(CLAIM.kind, name, {"resourceKind": coll.name, "value": value, "owner": owner})
+    def _claims(self, coll: Collection, spec: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+        """claim name -> (spec field, value) of every value of ``spec`` that must be unique."""
+        out = {}
+        for spec_field in self._unique[coll.name]:
+            value = spec.get(spec_field)
+            if isinstance(value, str) and value:
+                attribute = None if spec_field == coll.unique else spec_field
+                out[claim_name(coll.name, value, attribute)] = (spec_field, value)
+        return out
+
+    async def _claim_all(self, coll: Collection, claims: dict[str, tuple[str, str]],
+                         owner: str) -> dict[str, tuple[str, str]]:
+        """Take the claims, all or none; returns those taken."""
+        taken: dict[str, tuple[str, str]] = {}
+        try:
+            for name, (spec_field, value) in claims.items():
+                await self._claim(coll, name, spec_field, value, owner)
+                taken[name] = (spec_field, value)
+        except BaseException:
+            await self._release_all(coll, taken, owner)
+            raise
+        return taken
+
+    async def _release_all(self, coll: Collection, claims: dict[str, tuple[str, str]], owner: str) -> None:
+        for name in claims:
+            await self._release(coll, name, owner)
+
+    async def _claim(self, coll: Collection, name: str, what: str, value: str, owner: str) -> None:
+        spec = {"resourceKind": coll.name, "value": value, "owner": owner}
+        if what != coll.unique:
+            spec["attribute"] = what
+        body = self._object(CLAIM.kind, name, spec)
         body["metadata"]["annotations"] = {ANNOTATION_CLAIMED_AT: clock.rfc3339()}
-        what = coll.unique
         for _ in range(3):
             try:
                 await self._create(CLAIM.plural, body, conflict_is_stale=True)
@@ -563,11 +599,13 @@ class Store:
         owner = await self._get(coll.kind.plural, spec["owner"])
         if owner is None:
             return True
-        held = str(owner["spec"].get(coll.unique, ""))
-        return held.casefold() != str(spec["value"]).casefold()
+        attribute = spec.get("attribute")
+        held = str(owner["spec"].get(attribute or coll.unique, ""))
+        if attribute:  # case-exact
+            return held != str(spec["value"])
+        return fold(held) != fold(str(spec["value"]))
 
-    async def _release(self, coll: Collection, value: str, owner: str) -> None:
-        name = claim_name(coll.name, value)
+    async def _release(self, coll: Collection, name: str, owner: str) -> None:
         try:
             existing = await self._get(CLAIM.plural, name)
             if existing is not None and existing["spec"].get("owner") == owner:
@@ -698,7 +736,7 @@ class Order:
 def _index_key(obj: Obj | None, spec_field: str, folded: bool) -> str | None:
     if obj is None:
         return None
-    value: str | None = obj["spec"].get(spec_field, "").casefold() if folded else obj["spec"].get(spec_field)
+    value: str | None = fold(obj["spec"].get(spec_field, "")) if folded else obj["spec"].get(spec_field)
     return value
 
 

@@ -73,6 +73,7 @@ ENDPOINT_LAYERS = {
     "kubeapi": 1,
     "informer": 0,  # watch-backed copies, errors
     "errors": 0,
+    "limits": 0,  # caps on one request's cost (pure)
 }
 
 

@@ -89,6 +89,7 @@ def test_default_processes(default: Manifests) -> None:
     assert ep["--port"] == "8080" and ep["--metrics-port"] == "9090"
     assert ep["--token-secret"] == "litellm-scim-tokens"
     assert "--base-url" not in ep, "without an ingress the endpoint derives URLs from each request"
+    assert "--unique-group-external-id" not in ep, "group names are the team ids: externalIds may repeat"
     op = args_of(default, "operator")
     assert default.container("operator")["command"] == ["litellm-scim", "operator"]
     assert op["--litellm-url"] == REQUIRED_VALUES["litellm"]["url"]
@@ -107,6 +108,8 @@ def test_custom_values_reach_the_processes(custom: Manifests) -> None:
     assert ep["--base-url"] == "https://scim.corp.example/scim/v2"
     assert ep["--max-body-bytes"] == "2097152" and ep["--max-results"] == "200"
     assert ep["--log-level"] == "debug" and ep["--log-format"] == "text"
+    # The externalId names the team, so the endpoint keeps it unique among groups.
+    assert "--unique-group-external-id" in ep
     op = args_of(custom, "operator")
     assert op["--litellm-url"] == "https://llm.example.com"
     assert op["--drift-interval"] == "60" and op["--drift-policy"] == "report"
