@@ -188,15 +188,28 @@ class RawTraffic:
             "spec": {"userName": f"{self.label}-{i}@example.com", "active": True}})
         return True
 
+    def _claim(self, value: str, owner: str) -> Awaitable[dict[str, Any]]:
+        return self._create(CLAIM.plural, {
+            "apiVersion": API_VERSION, "kind": CLAIM.kind, "metadata": {"name": claim_name("User", value)},
+            "spec": {"resourceKind": "User", "value": value, "owner": owner}})
+
+    def _user(self, uid: str, value: str) -> Awaitable[dict[str, Any]]:
+        return self._create(USER.plural, {
+            "apiVersion": API_VERSION, "kind": USER.kind, "metadata": {"name": uid},
+            "spec": {"userName": value, "active": True}})
+
     async def claim_then_create(self, i: int) -> bool:
         """What a unique create needs under this design: the name claim, then the resource."""
         uid, value = str(uuid.uuid4()), f"{self.label}-pair-{i}@example.com"
-        await self._create(CLAIM.plural, {
-            "apiVersion": API_VERSION, "kind": CLAIM.kind, "metadata": {"name": claim_name("User", value)},
-            "spec": {"resourceKind": "User", "value": value, "owner": uid}})
-        await self._create(USER.plural, {
-            "apiVersion": API_VERSION, "kind": USER.kind, "metadata": {"name": uid},
-            "spec": {"userName": value, "active": True}})
+        await self._claim(value, uid)
+        await self._user(uid, value)
+        return True
+
+    async def claim_with_create(self, i: int) -> bool:
+        """The same two writes sent at once: the floor of a design that creates both concurrently
+        and undoes the resource when the claim is lost."""
+        uid, value = str(uuid.uuid4()), f"{self.label}-both-{i}@example.com"
+        await asyncio.gather(self._claim(value, uid), self._user(uid, value))
         return True
 
     async def make_shards(self, count: int) -> None:
@@ -274,6 +287,15 @@ def start_process(cmd: list[str], ready_url: str, log: Path, env: dict[str, str]
     return proc
 
 
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def start_endpoint(port: int, namespace: str, kubeconfig: str, log: Path) -> subprocess.Popen[bytes]:
     """A ``litellm-scim endpoint`` on 127.0.0.1:``port``, once it is ready."""
     return start_process(
@@ -322,6 +344,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 posts = await interleaved({"endpoint": ours.post_user, "scim2-server": theirs.post_user,
                                            "raw": raw.create_user, "unwatched": unwatched.create_user,
                                            "raw pair": raw.claim_then_create,
+                                           "raw concurrent pair": raw.claim_with_create,
                                            "unwatched pair": unwatched.claim_then_create}, args.writes, c, r)
                 # Reads in one run each: scim2-server's development HTTP server stalls for ~1 s now and
                 # then (its p99), which would dominate short slices and understate its throughput.
@@ -340,7 +363,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             # A replica (re)starting on a namespace that already holds them: the usual way to meet 10k users.
             endpoint.terminate()
             endpoint.wait(timeout=10)
-            port = peers.free_port()
             started = time.perf_counter()
             endpoint = start_endpoint(port, namespace, cluster.kubeconfig, state / "endpoint-restarted.log")
             procs.append(endpoint)
@@ -351,12 +373,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             lookups_big = await big_lookups(f"http://127.0.0.1:{port}/scim/v2/", token, namespace, api, args)
             rss_after = rss_mib(endpoint.pid)
     finally:
-        for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
         cluster.stop()
 
     def ratio(a: float, b: float) -> float:
@@ -368,6 +385,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             out["GET /Users?filter"] = asdict(lookups[name])
         if f"{name} pair" in posts:
             out["POST /Users (claim + create)"] = asdict(posts[f"{name} pair"])
+        if f"{name} concurrent pair" in posts:
+            out["POST /Users (claim and create at once)"] = asdict(posts[f"{name} concurrent pair"])
         out["PATCH /Groups members"] = asdict(patches[name])
         return out
 
@@ -384,6 +403,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "POST /Users p50 endpoint/raw create": ratio(p50["endpoint", "POST /Users"], p50["raw", "POST /Users"]),
             "POST /Users p50 endpoint/raw claim+create": ratio(p50["endpoint", "POST /Users"],
                                                                posts["raw pair"].p50_ms),
+            "POST /Users p50 raw claim+create/raw create": ratio(posts["raw pair"].p50_ms,
+                                                                 p50["raw", "POST /Users"]),
+            "POST /Users p50 raw claim and create at once/raw create": ratio(posts["raw concurrent pair"].p50_ms,
+                                                                             p50["raw", "POST /Users"]),
             "PATCH members p50 endpoint/raw shard rewrite": ratio(p50["endpoint", "PATCH /Groups members"],
                                                                    p50["raw", "PATCH /Groups members"]),
             "POST /Users p50 endpoint/raw create, unwatched namespace": ratio(
@@ -458,7 +481,8 @@ def save(result: dict[str, Any], path: Path, text: str) -> None:
 
 def table(result: dict[str, Any]) -> str:
     rows = [("operation", "server", "p50 ms", "p90 ms", "p99 ms", "req/s", "errors")]
-    for op in ("POST /Users", "POST /Users (claim + create)", "GET /Users?filter", "PATCH /Groups members"):
+    for op in ("POST /Users", "POST /Users (claim + create)", "POST /Users (claim and create at once)",
+               "GET /Users?filter", "PATCH /Groups members"):
         for key, label in (("endpoint", "endpoint"), ("raw_api_server", "raw API server"),
                            ("raw_api_server_unwatched", "raw, unwatched ns"), ("scim2_server", "scim2-server")):
             stats = result[key].get(op)
@@ -486,9 +510,10 @@ def cli() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved slices per operation")
     parser.add_argument("--rss-users", type=int, default=10_000)
     parser.add_argument("--rss-groups", type=int, default=1_000)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args()
     result = asyncio.run(main(args))
-    save(result, RESULTS, table(result))
+    save(result, args.out, table(result))
     return 0
 
 

@@ -6,6 +6,12 @@ watch fell out of the API server's history) triggers a fresh list. Writes made b
 applied from the API server's response at once (``apply``/``forget``), so this replica reads its own
 writes without waiting for the watch.
 
+The copy is kept compact (``Objects``): each object as its JSON text, deflated with the collection's
+first object as preset dictionary (objects of one kind share most of their text: 600-1,100 bytes
+become 110-200), decoded on access. 100,000 users then cost a few hundred bytes each instead of a
+graph of Python dicts and strings per attribute (about 8 KB); a ``strip`` function drops what no
+reader needs (managedFields) before it is stored. Compressing costs ~20 us per object, decoding ~10.
+
 resourceVersions are compared as integers: the API server documents them as opaque, but every
 etcd-backed server hands out the etcd revision, and ordering them is what makes "has the watch caught
 up with revision R" answerable at all (``wait_for``)."""
@@ -16,8 +22,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
+import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -30,7 +38,10 @@ ListFn = Callable[..., Awaitable[Any]]
 Listener = Callable[[str, Obj | None, Obj | None], None]
 
 WATCH_SECONDS = 290
-PAGE = 500
+# Objects per list page. Each page is decoded whole before it is stored compactly, and the memory
+# of that peak stays with the process: 5,000 users per page (~40 MB decoded, three collections at
+# once) measured ~60 MB more RSS than 1,000 for a barely faster start.
+PAGE = 1000
 
 
 def rv_of(obj: Obj) -> int:
@@ -52,12 +63,67 @@ async def cancel(task: asyncio.Task[Any] | None) -> None:
             await task
 
 
+def _keep(obj: Obj) -> Obj:
+    return obj
+
+
+def without_managed_fields(obj: Obj) -> Obj:
+    """Drop the field-manager records (half an object's size); an update sent without them keeps
+    the stored ones."""
+    obj["metadata"].pop("managedFields", None)
+    return obj
+
+
+class Objects(Mapping[str, Obj]):
+    """name -> object, stored as deflated JSON and decoded on each access (a fresh dict, so a caller
+    may change what it gets without touching the copy)."""
+
+    def __init__(self) -> None:
+        self._raw: dict[str, bytes] = {}
+        self._zdict = b""
+
+    def _encode(self, obj: Obj) -> bytes:
+        text = json.dumps(obj, separators=(",", ":")).encode()
+        if not self._zdict:
+            self._zdict = text
+        deflate = zlib.compressobj(1, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, self._zdict)
+        return deflate.compress(text) + deflate.flush()
+
+    def _decode(self, raw: bytes) -> Obj:
+        decoded: Obj = json.loads(zlib.decompressobj(-15, self._zdict).decompress(raw))
+        return decoded
+
+    def __getitem__(self, name: str) -> Obj:
+        return self._decode(self._raw[name])
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._raw
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def put(self, name: str, obj: Obj) -> None:
+        # Interned: the same ids appear as member values, index entries and in the listing order.
+        self._raw[sys.intern(name)] = self._encode(obj)
+
+    def pop(self, name: str, default: Obj | None = None) -> Obj | None:
+        raw = self._raw.pop(name, None)
+        return default if raw is None else self._decode(raw)
+
+    def __delitem__(self, name: str) -> None:
+        del self._raw[name]
+
+
 class Informer:
-    def __init__(self, kind: str, list_fn: ListFn, **selector: str) -> None:
+    def __init__(self, kind: str, list_fn: ListFn, strip: Callable[[Obj], Obj] = _keep, **selector: str) -> None:
         self.kind = kind
         self._list_fn = list_fn
         self._selector = selector
-        self.objects: dict[str, Obj] = {}
+        self._strip = strip
+        self.objects = Objects()
         # Highest revision the watch (or a list) has delivered: where a new watch resumes.
         self.rv = 0
         # Highest revision this copy is known to include (rv, or a barrier's revision, see wait_for).
@@ -108,7 +174,10 @@ class Informer:
 
     # ---- list + watch ----------------------------------------------------------------------------
     async def _list(self) -> None:
-        items: dict[str, Obj] = {}
+        # Into the live copy: a relist (after 410 Gone) serves the older copy meanwhile, updated as
+        # pages arrive, and drops what was not listed at the end.
+        items = self.objects
+        seen: set[str] = set()
         cont: str | None = None
         list_rv = 0
         while True:
@@ -120,18 +189,24 @@ class Informer:
             if not list_rv:
                 list_rv = int(body["metadata"]["resourceVersion"])
             for item in body.get("items") or []:
-                if not terminating(item):
-                    items[item["metadata"]["name"]] = item
+                if terminating(item):
+                    continue
+                item = self._strip(item)
+                name = item["metadata"]["name"]
+                seen.add(name)
+                before = items.get(name) if items else None
+                items.put(name, item)
+                if before is None or rv_of(before) != rv_of(item):
+                    self._notify(name, before, item)
             cont = body["metadata"].get("continue")
+            # Each page's dicts are dropped before the next is read: only the compact copy grows.
+            del body
             if not cont:
                 break
-        old = self.objects
-        self.objects = items
         self._tombstones.clear()
-        for name in set(old) | set(items):
-            before, after = old.get(name), items.get(name)
-            if before is not after and (before is None or after is None or rv_of(before) != rv_of(after)):
-                self._notify(name, before, after)
+        for name in set(items) - seen:
+            gone = items.pop(name)
+            self._notify(name, gone, None)
         self._advance(list_rv)
         self.synced.set()
 
@@ -206,7 +281,8 @@ class Informer:
                 self._notify(name, old, None)
             return
         self._tombstones.pop(name, None)
-        self.objects[name] = obj
+        obj = self._strip(obj)
+        self.objects.put(name, obj)
         self._notify(name, old, obj)
 
     def _notify(self, name: str, old: Obj | None, new: Obj | None) -> None:

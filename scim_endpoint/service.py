@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -30,7 +31,15 @@ SLICE = 0.001
 # The lookups identity providers send on every sync (userName, externalId, displayName, id): answered
 # from an index of the type's collection, then confirmed by the real filter (so the index only
 # narrows, it never decides).
+# Rendered resources kept per type (least recently used dropped): a sync's working set, while
+# 100,000 rendered users (about 4 KB each) would be most of the process's memory. Rendering a page
+# of 100 uncached costs a few milliseconds.
+VIEW_CACHE = 2_000
+
 _EQ = re.compile(r'^\s*(\w+)\s+eq\s+"((?:[^"\\]|\\.)*)"\s*$', re.IGNORECASE)
+# ``members[value eq "id"]`` / ``members.value eq "id"``: which groups hold a member (Okta asks it).
+_MEMBER_EQ = re.compile(r'^\s*members\s*(?:\[\s*value\s+eq\s+"((?:[^"\\]|\\.)*)"\s*\]|\.value\s+eq\s+'
+                        r'"((?:[^"\\]|\\.)*)")\s*$', re.IGNORECASE)
 
 
 @dataclass
@@ -60,8 +69,9 @@ class Service:
         self.store = store
         self.max_results = max_results
         self.limits = caps or Limits()
-        # type -> id -> (cache key, rendered SCIM resource); rendering 10,000 users per filter would dominate.
-        self._views: dict[str, dict[str, tuple[Any, dict[str, Any]]]] = {rt.name: {} for rt in TYPES}
+        # type -> id -> (cache key, rendered SCIM resource), least recently used first.
+        self._views: dict[str, OrderedDict[str, tuple[Any, dict[str, Any]]]] = {
+            rt.name: OrderedDict() for rt in TYPES}
         for rt in TYPES:
             store.informer(rt.collection).listeners.append(partial(self._forget_view, self._views[rt.name]))
 
@@ -76,10 +86,14 @@ class Service:
         views = self._views[rt.name]
         cached = views.get(rec.id)
         if cached is not None and cached[0] == key:
+            views.move_to_end(rec.id)
             return cached[1]
         meta = {**rec.meta, "location": f"{base_url}/{rt.endpoint}/{rec.id}"}
         view = rt.to_scim(rec.spec, rec.id, meta, rt.related(self.store, rec))
         views[rec.id] = (key, view)
+        views.move_to_end(rec.id)
+        if len(views) > VIEW_CACHE:
+            views.popitem(last=False)
         return view
 
     # ---- reads ----------------------------------------------------------------------------------
@@ -100,6 +114,10 @@ class Service:
             for spec_field in rt.collection.indexes:
                 if attr == spec_field.lower():
                     return [objects[i] for i in self.store.lookup(rt.collection, spec_field, value) if i in objects]
+        member = _MEMBER_EQ.match(expr or "")
+        if member and rt.collection.members:
+            value = _unescape(member.group(1) if member.group(1) is not None else member.group(2))
+            return [objects[i] for i in self.store.holding(value) if i in objects]
         return list(objects.values())
 
     async def search(self, resource_types: Sequence[ResourceType], query: Query, base_url: str) -> dict[str, Any]:
@@ -118,10 +136,24 @@ class Service:
         if not predicates and first_error is not None:
             raise first_error
         await store.fresh(store.users, store.groups, store.shards)
-        matched: list[tuple[ResourceType, dict[str, Any]]] = []
+        start = max(query.start_index, 1)
+        count = self.max_results if query.count is None else max(0, min(query.count, self.max_results))
         # A filter of many terms over many resources takes a while: let health probes and other
         # clients' requests in between rather than hold the event loop throughout.
         slices = _Slices()
+        if len(predicates) == 1 and query.filter is None and not query.sort_by:
+            # The whole collection in listing order: page k is a slice of the kept order, rendered alone.
+            rt = next(iter(predicates))
+            order = store.order(rt.collection)
+            total, names = len(order), order.page(start - 1, count)
+            objects = store.informer(rt.collection).objects
+            page = []
+            for name in names:
+                await slices.next()
+                if name in objects:
+                    page.append((rt, self.render(rt, store.record(rt.collection, objects[name]), base_url)))
+            return await self._list_response(query, total, start, count, page, slices)
+        matched: list[tuple[ResourceType, dict[str, Any]]] = []
         for rt, predicate in predicates.items():
             for obj in sorted_by_creation(self._candidates(rt, query.filter)):
                 await slices.next()
@@ -132,10 +164,12 @@ class Service:
             descending = query.sort_order == "descending"
             keys = {rt: filters.sort_key(query.sort_by, rt.name, descending=descending) for rt in predicates}
             matched.sort(key=lambda item: keys[item[0]](item[1]))
-        total = len(matched)
-        start = max(query.start_index, 1)
-        count = self.max_results if query.count is None else max(0, min(query.count, self.max_results))
         page = matched[start - 1:start - 1 + count]
+        return await self._list_response(query, len(matched), start, count, page, slices)
+
+    @staticmethod
+    async def _list_response(query: Query, total: int, start: int, count: int,
+                             page: list[tuple[ResourceType, dict[str, Any]]], slices: _Slices) -> dict[str, Any]:
         out: dict[str, Any] = {"schemas": [LIST_URN], "totalResults": total, "itemsPerPage": len(page),
                                "startIndex": start}
         if count > 0:

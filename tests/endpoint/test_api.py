@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from scim_http import ENTERPRISE, GROUP, SCIM, USER, Scim, assert_error, patch_body, user_body
@@ -180,6 +181,58 @@ async def test_paging_is_stable_and_counted(scim: Scim) -> None:
     searched = await scim.post("/Users/.search", {"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
                                                   "filter": 'userName sw "page1"', "count": 5})
     assert searched.status == 200 and searched.body["totalResults"] == 1
+
+
+async def test_paging_follows_deletes_and_creates(scim: Scim) -> None:
+    """Pages are slices of a kept order (creation time, then id): a deleted user leaves it, a new one
+    takes its place by creation time."""
+    ids = [(await scim.post("/Users", user_body(f"order{i}@example.com"))).body["id"] for i in range(6)]
+    assert (await scim.delete(f"/Users/{ids[2]}")).status == 204
+    newcomer = (await scim.post("/Users", user_body("order-new@example.com"))).body["id"]
+    seen: list[str] = []
+    created: dict[str, str] = {}
+    for start in (1, 3, 5):
+        page = await scim.get(f"/Users?startIndex={start}&count=2")
+        assert page.body["totalResults"] == 6 and page.body["itemsPerPage"] == 2
+        seen += [r["id"] for r in page.body["Resources"]]
+        created.update({r["id"]: r["meta"]["created"] for r in page.body["Resources"]})
+    assert sorted(seen) == sorted([*ids[:2], *ids[3:], newcomer])
+    assert seen == sorted(seen, key=lambda i: (created[i], i))
+    assert (await scim.get("/Users?startIndex=7&count=2")).body["itemsPerPage"] == 0
+
+
+async def test_groups_holding_a_member(scim: Scim) -> None:
+    """``members[value eq]`` finds the groups holding a member, as a full scan would, in any case."""
+    u1, u2 = [(await scim.post("/Users", user_body(f"held{i}@example.com"))).body["id"] for i in range(2)]
+
+    async def group(name: str, members: list[str]) -> str:
+        body = {"schemas": [GROUP], "displayName": name, "members": [{"value": m} for m in members]}
+        created = await scim.post("/Groups", body)
+        assert created.status == 201
+        return str(created.body["id"])
+
+    a, b = await group("held-a", [u1]), await group("held-b", [u1, u2])
+    odd = await group("held-odd", ["Mixed-Case-Member"])
+    await group("held-none", [])
+
+    async def holding(expr: str) -> set[str]:
+        found = await scim.get("/Groups?" + urlencode({"filter": expr, "excludedAttributes": "members"}))
+        assert found.status == 200
+        return {r["id"] for r in found.body.get("Resources", [])}
+
+    async def scanned(value: str) -> set[str]:
+        # The same question in a form no index answers: every group is tested.
+        return await holding(f'members[value eq "{value}"] or displayName eq "no such group"')
+
+    assert await holding(f'members[value eq "{u1}"]') == {a, b} == await scanned(u1)
+    assert await holding(f'members.value eq "{u2}"') == {b} == await scanned(u2)
+    for value in ("mixed-case-member", "MIXED-CASE-MEMBER", "Mixed-Case-Member"):
+        assert await holding(f'members[value eq "{value}"]') == await scanned(value)
+    assert odd in await scanned("Mixed-Case-Member")
+    removed = await scim.patch(f"/Groups/{a}", patch_body({"op": "remove", "path": f'members[value eq "{u1}"]'}))
+    assert removed.status == 204
+    assert await holding(f'members[value eq "{u1}"]') == {b} == await scanned(u1)
+    assert await holding('members[value eq "nobody"]') == set()
 
 
 async def test_max_results_caps_pages(scim: Scim) -> None:
