@@ -257,7 +257,8 @@ async def apply_group(
         out.events.append(
             (
                 "MembersRemoved",
-                f"removed {len(removes)} member(s) from team {team_id}: {_names(removes, current)}",
+                f"removed {len(removes)} member(s) from team {team_id}: "
+                f"{_names(removes, {u: view.display(u) for u in removes})}",
             )
         )
     out.members = len(desired)
@@ -611,7 +612,7 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
                 current = team_members(info)
                 missing, extra = membership_differences(desired, current)
                 findings += [f"member {desired[m]} missing from team" for m in missing[:20]]
-                findings += [f"member {current[m]} in team but not in the group" for m in extra[:20]]
+                findings += [f"member {view.display(m)} in team but not in the group" for m in extra[:20]]
                 hidden = len(missing) + len(extra) - min(20, len(missing)) - min(20, len(extra))
                 if hidden:
                     findings.append(f"and {hidden} more membership difference(s)")
