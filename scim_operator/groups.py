@@ -188,11 +188,19 @@ async def _ensure_team(
             if info is None:
                 raise
     owner = ownership(info.get("metadata"), s.owner_tag, op.namespace, name)
-    if owner == "foreign" or (owner == "untagged" and not s.adopt):
+    if owner == "foreign":
+        # Another group's team (two groups whose ids resolve to the same team): never synced into.
+        raise NotOwned(
+            f"LiteLLM team {team_id} belongs to another resource ({s.owner_tag}="
+            f"{(info.get('metadata') or {}).get(s.owner_tag)}); not modified"
+        )
+    if owner == "untagged" and not s.adopt:
         raise NotOwned(
             f"LiteLLM team {team_id} exists without this resource's ownership tag "
             f"({s.owner_tag}={op.namespace}/{name}); not modified (enable --adopt to take it over)"
         )
+    if owner == "untagged" and team_id != name:
+        await _refuse_busy_adoption(op, team_id, info)
     settings_differ = policies.team_differences(team, info)
     if info.get("team_alias") != spec.displayName or owner != "owned" or settings_differ:
         await op.litellm.team_update(
@@ -213,6 +221,19 @@ async def _ensure_team(
             what += f" (policy {out.policy.name})"
         out.events.append(("Updated", f"updated LiteLLM team {team_id}: {what}"))
     return info
+
+
+async def _refuse_busy_adoption(op: Operator, team_id: str, info: dict[str, Any]) -> None:
+    """With the externalId strategy the team id is the group's externalId, which any SCIM token
+    holder chooses: ``--adopt`` then takes over only a team nobody uses yet (no members, no keys), so
+    a token holder cannot name an existing team and inherit its members, keys and budget."""
+    members = len(team_members(info))
+    keys_held = len(await op.litellm.list_keys(team_id=team_id))
+    if members or keys_held:
+        raise NotOwned(
+            f"LiteLLM team {team_id} exists without an ownership tag and has {members} member(s) and "
+            f"{keys_held} key(s); a team named by externalId is adopted only while it has neither"
+        )
 
 
 async def apply_group(
