@@ -382,8 +382,10 @@ async def sync_group(
     team_id: str,
     policy: Policy | None,
     only: set[str] | None = None,
+    reissue: bool = False,
 ) -> Events:
-    """Make the group's key Secrets match its policy; ``only``: just these members' keys.
+    """Make the group's key Secrets match its policy; ``only``: just these members' keys;
+    ``reissue``: every key is replaced (the group moved to another team, its old keys are gone).
 
     Must run under the group's lock. Returns the Events to post on the group."""
     obj = await op.resources.get(GROUP, group)
@@ -426,7 +428,7 @@ async def sync_group(
             continue
         d = by_ref.get(ref)
         try:
-            if d is None or d.key_hash is None or d.name in repair:
+            if d is None or d.key_hash is None or d.name in repair or reissue:
                 await _issue(op, ref, spec, team_id, obj, request, d)
                 events.append(("KeyIssued" if d is None else "KeyReplaced", f"issued {_describe(ref)}"))
             elif _rotation_due(d, spec, request, now):
