@@ -87,3 +87,29 @@ async def test_changed_external_id_moves_members_and_keys(
 
 async def _members(admin: Admin, team: str) -> list[str] | None:
     return await admin.members(team) or None
+
+
+async def test_policy_strategy_change_moves_the_group(
+    start_operator: Callable[..., OperatorProcess], kube_rw: Kube, admin: Admin, ids: Callable[[str], str],
+    namespace: str,
+) -> None:
+    start_operator(drift_interval="600")
+    spec: dict[str, Any] = {"selector": {"displayNamePattern": "strategy-*"}, "teamIdStrategy": "name",
+                            "keys": {"perTeam": {"enabled": True}}}
+    await put_policy(kube_rw, "move-strategy", spec)
+    user, group, external = ids("ann"), ids("grp"), ids("ext-grp")
+    await kube_rw.create(c.USER, user, {"userName": user})
+    await eventually(lambda: admin.user(user), what="user")
+    await kube_rw.create(c.GROUP, group, {"displayName": f"strategy-{namespace}", "externalId": external})
+    await kube_rw.set_members(group, [user])
+    name = f"litellm-team-key-{group}"
+    old_key = await eventually(_moved_key(kube_rw, admin, name, "", group), what="team key in the named team")
+    assert await eventually(lambda: _members(admin, group)) == [user]
+
+    await put_policy(kube_rw, "move-strategy", {**spec, "teamIdStrategy": "externalId"})
+    new_key = await eventually(_moved_key(kube_rw, admin, name, old_key, external), within=20,
+                               what="team key reissued in the externalId team")
+    assert await admin.models_status(new_key) == 200
+    assert await admin.models_status(old_key) == 401
+    assert await eventually(lambda: _members(admin, external)) == [user]
+    assert await admin.team(group) is None  # owned by the group, deletion policy delete
