@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from operator_helpers import Admin, Kube, OperatorProcess, eventually
-from policy_helpers import put_policy, secret_data
+from policy_helpers import key_other_than, put_policy, rotate_keys, secret_data
 
 import scim_contract as c
 from scim_common import clock
@@ -57,18 +57,15 @@ def _retiring(key_hash: str, ago: float = 60.0) -> str:
     return json.dumps([{"hash": key_hash, "deleteAt": clock.rfc3339(time.time() - ago, millis=True)}])
 
 
-async def _rotate(kube: Kube, group: str, value: str) -> None:
-    await kube.objects.patch_namespaced_custom_object(
-        c.API_GROUP, c.VERSION, kube.ns, c.GROUP.plural, group,
-        {"metadata": {"annotations": {ks.ANNOTATION_ROTATE: value}}}, _content_type="application/merge-patch+json")
-
-
-def _new_key(kube: Kube, name: str, old: str) -> Callable[[], object]:
-    async def probe() -> str | None:
-        data = await secret_data(kube, name)
-        return data["api-key"] if data and data["api-key"] != old else None
-
-    return probe
+async def _team_key_group(
+    kube: Kube, ids: Callable[[str], str], namespace: str, prefix: str, keys: dict[str, Any]
+) -> tuple[str, str, str]:
+    """A group selected by its own policy with a team key: (group, Secret name, the key)."""
+    group = ids("fin")
+    await put_policy(kube, prefix, {"selector": {"displayNamePattern": f"{prefix}*"}, "keys": {"perTeam": keys}})
+    await kube.create(c.GROUP, group, {"displayName": f"{prefix} {namespace}"})
+    name = f"litellm-team-key-{group}"
+    return group, name, (await eventually(lambda: secret_data(kube, name), what="team key"))["api-key"]
 
 
 async def test_forged_hash_and_retiring_list_survive_rotation(
@@ -76,21 +73,15 @@ async def test_forged_hash_and_retiring_list_survive_rotation(
     namespace: str,
 ) -> None:
     start_operator(drift_interval="600")
-    group = ids("fin")
-    await put_policy(kube_rw, "forged-rotation", {
-        "selector": {"displayNamePattern": "forged-rot*"},
-        "keys": {"perTeam": {"enabled": True, "rotation": {"overlap": "1s"}}},
-    })
-    await kube_rw.create(c.GROUP, group, {"displayName": f"forged-rot {namespace}"})
-    name = f"litellm-team-key-{group}"
-    old = (await eventually(lambda: secret_data(kube_rw, name), what="team key"))["api-key"]
+    group, name, old = await _team_key_group(
+        kube_rw, ids, namespace, "forged-rot", {"enabled": True, "rotation": {"overlap": "1s"}})
     one_alias, two_alias = f"finance-{group}-1", f"finance-{group}-2"
     one, one_hash = await _foreign_key(admin, one_alias)
     two, two_hash = await _foreign_key(admin, two_alias)
 
     # The Secret now claims the foreign key is the team key, and another one awaits deletion.
     await _forge(kube_rw, name, {ks.ANN_HASH: one_hash, ks.ANN_RETIRING: _retiring(two_hash)})
-    await _rotate(kube_rw, group, "forged-1")
+    await rotate_keys(kube_rw, group, "forged-1")
 
     async def acted() -> bool:
         # The rotation went through, or it touched the foreign key (what a trusting operator does).
@@ -99,7 +90,7 @@ async def test_forged_hash_and_retiring_list_survive_rotation(
 
     await eventually(acted, within=20, what="rotation handled")
     await _assert_untouched(admin, one, one_hash, one_alias)
-    new = await eventually(_new_key(kube_rw, name, old), within=20, what="rotated team key")
+    new = await eventually(key_other_than(kube_rw, name, old), within=20, what="rotated team key")
     assert await admin.models_status(new) == 200
     # Past the overlap and the retired-key sweep.
     await eventually(lambda: _gone(admin, old), within=15, what="the group's own old key deleted")
@@ -150,19 +141,14 @@ async def test_forged_alias_survives_drift_repair_and_group_deletion(
     namespace: str,
 ) -> None:
     start_operator(drift_interval="1")
-    group = ids("fin")
-    await put_policy(kube_rw, "forged-drift", {
-        "selector": {"displayNamePattern": "forged-drift*"}, "keys": {"perTeam": {"enabled": True, "maxBudget": 5}}})
-    await kube_rw.create(c.GROUP, group, {"displayName": f"forged-drift {namespace}"})
-    name = f"litellm-team-key-{group}"
-    old = (await eventually(lambda: secret_data(kube_rw, name), what="team key"))["api-key"]
+    group, name, old = await _team_key_group(kube_rw, ids, namespace, "forged-drift", {"enabled": True, "maxBudget": 5})
     alias = f"finance-{group}"
     foreign, foreign_hash = await _foreign_key(admin, alias)
 
     # Hash and alias name the foreign key (whose budget differs from the policy's): a drift check that
     # believed the Secret would "repair" it by deleting it.
     await _forge(kube_rw, name, {ks.ANN_HASH: foreign_hash, ks.ANN_ALIAS: alias})
-    await eventually(_new_key(kube_rw, name, old), within=20, what="team key replaced after the forgery")
+    await eventually(key_other_than(kube_rw, name, old), within=20, what="team key replaced after the forgery")
     await _assert_untouched(admin, foreign, foreign_hash, alias)
 
     # The group goes: its keys are revoked, the one its Secret names is not its own.
