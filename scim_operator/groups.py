@@ -26,6 +26,7 @@ from scim_operator.objects import (
     membership_differences,
     merged_metadata,
     now,
+    owner_value,
     ownership,
     set_condition,
     team_id_for,
@@ -188,11 +189,19 @@ async def _ensure_team(
             if info is None:
                 raise
     owner = ownership(info.get("metadata"), s.owner_tag, op.namespace, name)
-    if owner == "foreign" or (owner == "untagged" and not s.adopt):
+    if owner == "foreign":
+        # Another group's team (two groups whose ids resolve to the same team): never synced into.
+        raise NotOwned(
+            f"LiteLLM team {team_id} belongs to another resource ({s.owner_tag}="
+            f"{(info.get('metadata') or {}).get(s.owner_tag)}); not modified"
+        )
+    if owner == "untagged" and not s.adopt:
         raise NotOwned(
             f"LiteLLM team {team_id} exists without this resource's ownership tag "
             f"({s.owner_tag}={op.namespace}/{name}); not modified (enable --adopt to take it over)"
         )
+    if owner == "untagged" and team_id != name:
+        await _refuse_busy_adoption(op, team_id, info)
     settings_differ = policies.team_differences(team, info)
     if info.get("team_alias") != spec.displayName or owner != "owned" or settings_differ:
         await op.litellm.team_update(
@@ -215,14 +224,59 @@ async def _ensure_team(
     return info
 
 
+async def _refuse_busy_adoption(op: Operator, team_id: str, info: dict[str, Any]) -> None:
+    """With the externalId strategy the team id is the group's externalId, which any SCIM token
+    holder chooses: ``--adopt`` then takes over only a team nobody uses yet (no members, no keys), so
+    a token holder cannot name an existing team and inherit its members, keys and budget."""
+    members = len(team_members(info))
+    keys_held = len(await op.litellm.list_keys(team_id=team_id))
+    if members or keys_held:
+        raise NotOwned(
+            f"LiteLLM team {team_id} exists without an ownership tag and has {members} member(s) and "
+            f"{keys_held} key(s); a team named by externalId is adopted only while it has neither"
+        )
+
+
+async def _leave_team(op: Operator, view: View, name: str, old: str, policy: Policy | None) -> list[str]:
+    """The group's team id changed (its externalId under the externalId strategy, or the policy's
+    strategy): take what the operator gave the group in the old team out of it. Keys tagged for
+    this group are deleted there (the group's Secrets get keys of the new team in the same sync);
+    the old team is deleted if this group owns it and the deletion policy says so, else this
+    group's members leave it. Returns what was done, for the Event."""
+    done: list[str] = []
+    tag = owner_value(op.namespace, name)
+    stale = [str(k["token"]) for k in await op.litellm.list_keys(team_id=old, urgent=True)
+             if isinstance(k.get("metadata"), dict) and k["metadata"].get(op.settings.owner_tag) == tag
+             and k.get("token")]
+    await op.litellm.key_delete(stale)
+    if stale:
+        done.append(f"revoked {len(stale)} key(s) issued in it")
+    info = await op.litellm.team_info(old)
+    if info is None or ownership(info.get("metadata"), op.settings.owner_tag, op.namespace, name) != "owned":
+        return done  # gone already, or never this group's: its members were not ours to add
+    if ((policy.spec.deletionPolicy if policy else None) or op.settings.deletion_policy) == "delete":
+        await op.litellm.team_delete(old)
+        return [*done, "deleted it"]
+    users, _ = view.group_member_ids(name)
+    leaving = sorted(set(team_members(info)) & ({user_id_for(u) for u in users} | view.memory.in_team.get(name, set())))
+    await remove_members(op, old, leaving)
+    return [*done, f"removed {len(leaving)} member(s) from it, kept it (deletion policy 'keep')"]
+
+
 async def apply_group(
-    op: Operator, view: View, name: str, spec: ScimGroupSpec, known: bool = True
+    op: Operator, view: View, name: str, spec: ScimGroupSpec, known: bool = True, previous: str | None = None
 ) -> Outcome:
+    """``previous``: the team id the group's status names, if any (what a changed id moves away from)."""
     policy = policies.effective_for(view.policies, view.groups, name, spec.displayName, spec.externalId)
     strategy = (policy.spec.teamIdStrategy if policy else None) or op.settings.team_id_strategy
     team_id = team_id_for(name, spec, strategy)
     out = Outcome(team_id=team_id, members=0, policy=policy)
     info = await _ensure_team(op, name, spec, team_id, out, known)
+    moved = previous is not None and previous != team_id
+    if previous is not None and moved:
+        done = await _leave_team(op, view, name, previous, policy)
+        out.events.append(("TeamChanged", f"team id changed from {previous} to {team_id}"
+                                          + (f"; old team: {', '.join(done)}" if done else "")))
     # Mark the team usable, then read the desired members with no await in between: a shard change
     # either sees the team (and applies its own difference) or happened before this read.
     op.memory.teams[name] = team_id
@@ -257,11 +311,12 @@ async def apply_group(
         out.events.append(
             (
                 "MembersRemoved",
-                f"removed {len(removes)} member(s) from team {team_id}: {_names(removes, current)}",
+                f"removed {len(removes)} member(s) from team {team_id}: "
+                f"{_names(removes, {u: view.display(u) for u in removes})}",
             )
         )
     out.members = len(desired)
-    out.events += await keys.sync_group(op, view, name, team_id, policy)
+    out.events += await keys.sync_group(op, view, name, team_id, policy, reissue=moved)
     op.memory.group_policies[name] = policies.version(policy)
     return out
 
@@ -323,9 +378,9 @@ async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
     name = body["metadata"]["name"]
     spec = _spec(body)
     async with op.memory.lock("group", name):
-        known = (body.get("status") or {}).get("litellm", {}).get("teamId") is not None
+        previous = (body.get("status") or {}).get("litellm", {}).get("teamId")
         try:
-            out = await apply_group(op, view, name, spec, known)
+            out = await apply_group(op, view, name, spec, previous is not None, previous)
         except (NotOwned, LiteLLMError) as exc:
             await reconcile_failed(op, GROUP, "group", body, exc, retry)
             return
@@ -611,7 +666,7 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
                 current = team_members(info)
                 missing, extra = membership_differences(desired, current)
                 findings += [f"member {desired[m]} missing from team" for m in missing[:20]]
-                findings += [f"member {current[m]} in team but not in the group" for m in extra[:20]]
+                findings += [f"member {view.display(m)} in team but not in the group" for m in extra[:20]]
                 hidden = len(missing) + len(extra) - min(20, len(missing)) - min(20, len(extra))
                 if hidden:
                     findings.append(f"and {hidden} more membership difference(s)")
@@ -620,7 +675,7 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
             if findings:
                 metrics.DRIFT_FOUND.labels("team").inc(len(findings))
                 if drift_policy == "correct":
-                    out = await apply_group(op, view, name, spec)
+                    out = await apply_group(op, view, name, spec, previous=team_id)
                     metrics.DRIFT_CORRECTED.labels("team").inc(len(findings))
         except NotOwned:
             return
@@ -634,7 +689,8 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
 
         def change(st: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
             gen = obj["metadata"].get("generation")
-            st = _status_ok(st, obj, team_id, view, name) if (out is not None or not findings) else st
+            current = out.team_id if out is not None else team_id
+            st = _status_ok(st, obj, current, view, name) if (out is not None or not findings) else st
             conds = st.get("conditions")
             if not findings:
                 conds = set_condition(conds, "Drifted", False, "InSync", "LiteLLM matches this group", gen)

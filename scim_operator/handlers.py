@@ -9,10 +9,9 @@ import logging
 from typing import Any
 
 import kopf
-from pydantic import ValidationError
 
 from scim_common import kube
-from scim_contract import API_GROUP, GROUP, SHARD, USER, VERSION, ScimUserSpec
+from scim_contract import API_GROUP, GROUP, SHARD, USER, VERSION
 from scim_operator import groups, policy_handlers, users
 from scim_operator.context import Operator
 from scim_operator.state import UserEntry, View
@@ -66,12 +65,10 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
     async def user_index(name: str, meta: Any, spec: Any, status: Any, **_: Any) -> dict[str, UserEntry]:
         if meta.get("deletionTimestamp"):
             return {}
-        try:
-            email = ScimUserSpec.model_validate(dict(spec)).primary_email()
-        except ValidationError:
-            email = None
+        user_name = spec.get("userName")
         synced = bool((status.get("litellm") or {}).get("userId"))
-        return {name: UserEntry(synced=synced, email=email, active=spec.get("active", True) is not False)}
+        return {name: UserEntry(synced=synced, user_name=str(user_name) if user_name else None,
+                                active=spec.get("active", True) is not False)}
 
     @kopf.index(API_GROUP, VERSION, SHARD.plural, id="shard_index", registry=registry)
     async def shard_index(name: str, spec: Any, **_: Any) -> dict[str, tuple[str, tuple[str, ...], int]]:

@@ -3,7 +3,10 @@
 One Secret holds one key. The key's plaintext is only ever in the Secret's ``data``; everything the
 operator must remember about a key (its hash, its alias, when it was issued, which retired keys
 still await deletion) is in the Secret's annotations, so the operator keeps no state of its own and a
-restart picks up exactly where it stopped."""
+restart picks up exactly where it stopped. Those annotations are hints, never authority: whoever may
+write Secrets in the namespace can change them, so the operator confirms every hash in LiteLLM
+before acting on it (see keys.py), and a Secret whose annotations name another key than its own name
+does is not read as a key Secret at all."""
 
 from __future__ import annotations
 
@@ -151,6 +154,8 @@ def read(secret: Mapping[str, Any]) -> Delivered | None:
         return None
     group_ns, _, group = str(ann[ANN_GROUP]).partition("/")
     ref = KeyRef(group_ns, group, ann.get(ANN_USER) or None, str(meta.get("namespace")))
+    if secret_name(ref) != meta.get("name"):
+        return None  # annotations re-pointed at another member's or group's key
     try:
         issued = clock.epoch(str(ann.get(ANN_ISSUED) or ""))
     except ValueError:

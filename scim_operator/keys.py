@@ -8,7 +8,12 @@ Secret body and nowhere else: errors carry HTTP statuses and names, never reques
 Order of operations is chosen so a crash at any point leaves nothing usable behind: a key whose
 Secret could not be written is deleted again; a key is deleted in LiteLLM before its Secret (which
 holds its hash) is removed; a rotated key's pending deletion is written into the Secret together with
-the new key, so a restarted operator still deletes it when the overlap ends."""
+the new key, so a restarted operator still deletes it when the overlap ends.
+
+A Secret is a delivery target, not a record to act on: anyone who may write Secrets in a key
+namespace can change its annotations. Every hash read from one is confirmed in LiteLLM (``_owned``:
+the key exists under this key's alias, carries this group's ownership tag and, for a member key,
+belongs to that member) before it is renamed or deleted; anything else is left alone."""
 
 from __future__ import annotations
 
@@ -147,7 +152,8 @@ async def list_delivered(
             raise _refused(exc, "list", ns) from None
         for item in listing.items:
             delivered = ks.read(item.to_dict())
-            if delivered is not None and delivered.ref.group == group:
+            if (delivered is not None and delivered.ref.group == group
+                    and delivered.ref.source_namespace == op.namespace):
                 found.append(delivered)
     return found
 
@@ -201,6 +207,31 @@ async def keys_with_alias(op: Operator, alias: str) -> list[dict[str, Any]]:
 
 def _tag(op: Operator, ref: ks.KeyRef) -> str:
     return owner_value(ref.source_namespace, ref.group)
+
+
+def _retiring_alias(ref: ks.KeyRef, key_hash: str) -> str:
+    return f"{ks.key_alias(ref)}:retiring:{key_hash[:12]}"
+
+
+async def _owned(op: Operator, ref: ks.KeyRef, hashes: Iterable[str | None], *, current: bool = False) -> list[str]:
+    """Of these hashes (read from a Secret, which tenants may write), the ones LiteLLM itself says
+    are this key's: found under its alias (or the alias it retires under) with this group's
+    ownership tag, and for a member key owned by that member. Only these may be renamed or deleted.
+    ``current``: also whatever key holds this key's alias now, whichever hash the Secret names (a
+    revocation must not depend on the Secret either)."""
+    wanted = {h for h in hashes if h}
+    if not wanted and not current:
+        return []
+    found: set[str] = set()
+    main = ks.key_alias(ref)
+    for alias in sorted({main} | {_retiring_alias(ref, h) for h in wanted}):
+        for key in await keys_with_alias(op, alias):
+            meta = key.get("metadata")
+            if ((key.get("token") in wanted or (current and alias == main)) and isinstance(meta, dict)
+                    and meta.get(op.settings.owner_tag) == _tag(op, ref)
+                    and (ref.user is None or key.get("user_id") == user_id_for(ref.user))):
+                found.add(str(key["token"]))
+    return sorted(found)
 
 
 async def _clear_alias(op: Operator, ref: ks.KeyRef, keep: str | None) -> None:
@@ -286,7 +317,8 @@ async def _issue(
     previous: ks.Delivered | None,
 ) -> None:
     if previous is not None and previous.key_hash:
-        await op.litellm.key_delete([previous.key_hash])  # replaced (missing or changed in LiteLLM)
+        # Replaced (missing or changed in LiteLLM): deleted only if LiteLLM confirms it is this key.
+        await op.litellm.key_delete(await _owned(op, ref, [previous.key_hash]))
     await _clear_alias(op, ref, keep=None)
     await _deliver(op, ref, spec, team_id, group_obj, request, previous.retiring if previous else [])
 
@@ -298,10 +330,14 @@ async def _rotate(
     assert d.key_hash is not None
     overlap = seconds(spec.rotation.overlap if spec.rotation else None) or 0.0
     alias = ks.key_alias(d.ref)
+    if not await _owned(op, d.ref, [d.key_hash]):
+        # Not this key in LiteLLM (gone, or the Secret names someone else's): nothing to overlap with.
+        await _issue(op, d.ref, spec, team_id, group_obj, request, d)
+        return time.time()
     # Free the alias (LiteLLM refuses duplicates); the old key keeps working under a retiring alias.
     try:
         await op.litellm.call(
-            "POST", "/key/update", body={"key": d.key_hash, "key_alias": f"{alias}:retiring:{d.key_hash[:12]}"}
+            "POST", "/key/update", body={"key": d.key_hash, "key_alias": _retiring_alias(d.ref, d.key_hash)}
         )
     except LiteLLMError as exc:
         if exc.status not in (400, 404):
@@ -321,7 +357,8 @@ async def _rotate(
 
 async def _revoke(op: Operator, d: ks.Delivered) -> None:
     """Delete the key (and any retiring ones) in LiteLLM first, then the Secret that names them."""
-    await op.litellm.key_delete([h for h in [d.key_hash, *(r.key_hash for r in d.retiring)] if h])
+    hashes = [d.key_hash, *(r.key_hash for r in d.retiring)]
+    await op.litellm.key_delete(await _owned(op, d.ref, hashes, current=True))
     await _remove(op, d.ref.namespace, d.name)
 
 
@@ -345,8 +382,10 @@ async def sync_group(
     team_id: str,
     policy: Policy | None,
     only: set[str] | None = None,
+    reissue: bool = False,
 ) -> Events:
-    """Make the group's key Secrets match its policy; ``only``: just these members' keys.
+    """Make the group's key Secrets match its policy; ``only``: just these members' keys;
+    ``reissue``: every key is replaced (the group moved to another team, its old keys are gone).
 
     Must run under the group's lock. Returns the Events to post on the group."""
     obj = await op.resources.get(GROUP, group)
@@ -389,7 +428,7 @@ async def sync_group(
             continue
         d = by_ref.get(ref)
         try:
-            if d is None or d.key_hash is None or d.name in repair:
+            if d is None or d.key_hash is None or d.name in repair or reissue:
                 await _issue(op, ref, spec, team_id, obj, request, d)
                 events.append(("KeyIssued" if d is None else "KeyReplaced", f"issued {_describe(ref)}"))
             elif _rotation_due(d, spec, request, now):
@@ -419,7 +458,8 @@ async def sweep(op: Operator, group: str, namespaces: Iterable[str]) -> float | 
     for d in await list_delivered(op, namespaces, group):
         due = [r for r in d.retiring if r.delete_at <= now]
         if due:
-            await op.litellm.key_delete([r.key_hash for r in due])
+            # Due entries leave the Secret either way; only the ones LiteLLM confirms are deleted.
+            await op.litellm.key_delete(await _owned(op, d.ref, [r.key_hash for r in due]))
             await _set_retiring(op, d, [r for r in d.retiring if r.delete_at > now])
         for r in d.retiring:
             if r.delete_at > now:
@@ -491,9 +531,10 @@ async def drift_of(op: Operator, group: str, policy: Policy | None, *, repair: b
         return [str(exc)]
     for d in existing:
         spec = spec_of.get(d.ref.kind)
-        if spec is None or d.key_hash is None or d.alias is None:
+        if spec is None or d.key_hash is None:
             continue
-        found = [k for k in await keys_with_alias(op, d.alias) if k.get("token") == d.key_hash]
+        # The alias the key must have, not the one the Secret claims.
+        found = [k for k in await keys_with_alias(op, ks.key_alias(d.ref)) if k.get("token") == d.key_hash]
         if not found:
             findings.append(f"{_describe(d.ref)} was deleted or renamed in LiteLLM")
             broken.add(d.name)

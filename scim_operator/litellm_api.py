@@ -10,6 +10,7 @@ import ast
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -44,6 +45,9 @@ class LiteLLMError(Exception):
         where = f"{self.endpoint}: " if self.endpoint else ""
         code = f"HTTP {self.status}" if self.status else "no answer"
         return f"{where}{self.message} ({code})"
+
+
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 
 
 def _unrepr(message: str) -> str:
@@ -89,6 +93,9 @@ def parse_error(status: int, body: Any, *, endpoint: str = "") -> LiteLLMError:
             kind = "validation_error"
     elif isinstance(body, str):
         message = body.strip()[:500]
+    # LiteLLM quotes emails in some errors ("User with email ... exists"); these messages end up in
+    # conditions and Events, which anyone who may read the namespace sees.
+    message = _EMAIL.sub("<email>", message)
     return LiteLLMError(status, message or f"HTTP {status}", kind=kind, endpoint=endpoint)
 
 

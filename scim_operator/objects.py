@@ -87,7 +87,8 @@ def user_differences(desired: DesiredUser, info: dict[str, Any]) -> list[str]:
     """What a person should read about a LiteLLM user that does not match its ScimUser."""
     found = []
     if desired.email and (info.get("user_email") or "") != desired.email:
-        found.append(f"email is {info.get('user_email')!r}, expected {desired.email!r}")
+        # Not the addresses themselves: this text goes into Events, which namespace readers see.
+        found.append("email differs from the ScimUser's")
     if desired.alias and (info.get("user_alias") or "") != desired.alias:
         found.append(f"alias is {info.get('user_alias')!r}, expected {desired.alias!r}")
     return found
@@ -95,12 +96,13 @@ def user_differences(desired: DesiredUser, info: dict[str, Any]) -> list[str]:
 
 # ---- teams -----------------------------------------------------------------------------------
 def team_members(info: dict[str, Any]) -> dict[str, str]:
-    """user_id -> email (or user_id) of a team's members, from ``/team/info``."""
+    """user_id -> user_id of a team's members, from ``/team/info``. Not their emails: these names
+    end up in Events (callers that know the ScimUser name members by userName instead)."""
     members: dict[str, str] = {}
     for member in info.get("members_with_roles") or []:
         uid = member.get("user_id") if isinstance(member, dict) else None
         if uid:
-            members[str(uid)] = str(member.get("user_email") or uid)
+            members[str(uid)] = str(uid)
     return members
 
 

@@ -23,10 +23,12 @@ Index = Mapping[Any, Any]
 
 @dataclass
 class UserEntry:
-    """One ScimUser as its index sees it: whether it was synced, and its email for messages."""
+    """One ScimUser as its index sees it: whether it was synced, and its userName for messages
+    (Events are readable by anyone who may read the namespace: members are named by userName or
+    SCIM id, never by email)."""
 
     synced: bool
-    email: str | None
+    user_name: str | None
     active: bool = True
 
 
@@ -107,7 +109,7 @@ class View:
 
     def display(self, name: str) -> str:
         entry = self._entry(name)
-        return entry.email if entry is not None and entry.email else name
+        return entry.user_name if entry is not None and entry.user_name else name
 
     def group_member_ids(self, group: str) -> tuple[set[str], int]:
         """(every user id listed in the group's shards, number of users + nested groups listed)."""

@@ -178,5 +178,6 @@ async def test_litellm_refusal_is_the_condition_message(
 
     cond = await eventually(refused, what="Synced=False for the duplicate email")
     assert cond["reason"] == "LiteLLMRejected"
-    assert cond["message"] == f"/user/new: User with email {shared} already exists (HTTP 409)"
+    # LiteLLM's own words, without the address it quotes (conditions and Events are namespace-readable).
+    assert cond["message"] == "/user/new: User with email <email> already exists (HTTP 409)"
     assert await admin.user(second) is None

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 from operator_helpers import Kube
 
 import scim_contract as c
+from scim_operator.key_secrets import ANNOTATION_ROTATE
 
 
 async def put_policy(kube: Kube, name: str, spec: dict[str, Any]) -> None:
@@ -40,3 +42,19 @@ async def secret(kube: Kube, name: str, namespace: str | None = None) -> Any:
         if exc.status == 404:
             return None
         raise
+
+
+async def rotate_keys(kube: Kube, group: str, value: str) -> None:
+    """Ask for a rotation of the group's keys, as `kubectl annotate` does."""
+    await kube.objects.patch_namespaced_custom_object(
+        c.API_GROUP, c.VERSION, kube.ns, c.GROUP.plural, group,
+        {"metadata": {"annotations": {ANNOTATION_ROTATE: value}}}, _content_type="application/merge-patch+json")
+
+
+def key_other_than(kube: Kube, name: str, old: str) -> Callable[[], object]:
+    """A probe: the key in the Secret once it is not ``old`` any more."""
+    async def probe() -> str | None:
+        data = await secret_data(kube, name)
+        return data["api-key"] if data and data["api-key"] != old else None
+
+    return probe

@@ -6,10 +6,9 @@ from collections.abc import Callable
 
 import pytest
 from operator_helpers import Admin, Kube, OperatorProcess, eventually
-from policy_helpers import put_policy, secret_data
+from policy_helpers import key_other_than, put_policy, rotate_keys, secret_data
 
 import scim_contract as c
-from scim_operator.key_secrets import ANNOTATION_ROTATE
 
 pytestmark = [pytest.mark.litellm, pytest.mark.slow]
 
@@ -18,20 +17,6 @@ pytestmark = [pytest.mark.litellm, pytest.mark.slow]
 def key_secret_namespaces(namespace: str) -> list[str]:
     """The chart is installed with key Secrets allowed where these tests' policies deliver them."""
     return [namespace]
-
-
-async def _rotate(kube: Kube, group: str, value: str) -> None:
-    await kube.objects.patch_namespaced_custom_object(
-        c.API_GROUP, c.VERSION, kube.ns, c.GROUP.plural, group,
-        {"metadata": {"annotations": {ANNOTATION_ROTATE: value}}}, _content_type="application/merge-patch+json")
-
-
-def _key_other_than(kube: Kube, name: str, old: str) -> Callable[[], object]:
-    async def probe() -> str | None:
-        data = await secret_data(kube, name)
-        return data["api-key"] if data and data["api-key"] != old else None
-
-    return probe
 
 
 def _answers(admin: Admin, key: str, status: int) -> Callable[[], object]:
@@ -56,8 +41,8 @@ async def test_on_demand_rotation_keeps_both_keys_during_the_overlap(
     old = (await eventually(lambda: secret_data(kube_rw, secret_name), what="team key"))["api-key"]
     assert await admin.models_status(old) == 200
 
-    await _rotate(kube_rw, group, "2026-01-01T00:00:00Z")
-    new = await eventually(_key_other_than(kube_rw, secret_name, old), within=15, what="rotated key in the Secret")
+    await rotate_keys(kube_rw, group, "2026-01-01T00:00:00Z")
+    new = await eventually(key_other_than(kube_rw, secret_name, old), within=15, what="rotated key in the Secret")
     # Overlap: both work.
     assert await admin.models_status(new) == 200
     assert await admin.models_status(old) == 200
@@ -68,9 +53,9 @@ async def test_on_demand_rotation_keeps_both_keys_during_the_overlap(
     assert events and all(old not in m and new not in m for m in events)
 
     # The same annotation value again does not rotate; a new value does.
-    await _rotate(kube_rw, group, "2026-01-01T00:00:00Z")
-    await _rotate(kube_rw, group, "2026-01-02T00:00:00Z")
-    newer = await eventually(_key_other_than(kube_rw, secret_name, new), within=15, what="second rotation")
+    await rotate_keys(kube_rw, group, "2026-01-01T00:00:00Z")
+    await rotate_keys(kube_rw, group, "2026-01-02T00:00:00Z")
+    newer = await eventually(key_other_than(kube_rw, secret_name, new), within=15, what="second rotation")
     assert await admin.models_status(newer) == 200
 
 
@@ -87,7 +72,7 @@ async def test_scheduled_rotation_and_pending_deletion_survive_a_restart(
     await kube_rw.create(c.GROUP, group, {"displayName": f"Scheduled {namespace}"})
     secret_name = f"litellm-team-key-{group}"
     first = (await eventually(lambda: secret_data(kube_rw, secret_name), what="team key"))["api-key"]
-    second = await eventually(_key_other_than(kube_rw, secret_name, first), within=15, what="scheduled rotation")
+    second = await eventually(key_other_than(kube_rw, secret_name, first), within=15, what="scheduled rotation")
     # The operator dies during the overlap: the pending deletion is in the Secret, not in memory.
     operator.kill()
     assert await admin.models_status(first) == 200
