@@ -17,6 +17,7 @@ import json
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -34,7 +35,12 @@ PODNET = Path(__file__).with_name("podnet.py")
 
 
 def engine() -> str | None:
-    """podman, run as root: joining a named network namespace is what makes a container a pod here."""
+    """podman, run as root: joining a named network namespace is what makes a container a pod here.
+    On a fresh machine podman is not installed yet: the shared image kit beside the checkout (the
+    one `scripts/image` builds with) installs it, so the install test runs there instead of skipping."""
+    kit_base = peers.shared_dir() / "image-kit" / "base"
+    if shutil.which("podman") is None and os.geteuid() == 0 and kit_base.is_file():
+        subprocess.run([str(kit_base)], capture_output=True, check=False)
     found = shutil.which("podman")
     return found if found and os.geteuid() == 0 and shutil.which("ip") else None
 
