@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
 
+from scim_common import kube
 from scim_common.settings import OperatorSettings
 from scim_contract import ResourceKind
 from scim_operator import metrics
@@ -33,6 +35,28 @@ class Operator:
     def jittered_drift_interval(self) -> float:
         # +-20 %: thousands of resources created together must not all hit LiteLLM in the same second.
         return float(self.settings.drift_interval) * random.uniform(0.8, 1.2)  # noqa: S311
+
+
+async def connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
+    """Kopf's credentials from the same source as our own client: --kubeconfig, in-cluster, $KUBECONFIG."""
+    api = await kube.api_client(kubeconfig)
+    async with api:
+        cfg = api.configuration
+        header: Any = cfg.get_api_key_with_prefix("BearerToken")
+        if inspect.isawaitable(header):
+            header = await header
+        scheme, _, token = str(header or "").partition(" ")
+        if not token:
+            scheme, token = "Bearer", scheme
+        return kopf.ConnectionInfo(
+            server=str(cfg.host),
+            ca_path=cfg.ssl_ca_cert,
+            insecure=not cfg.verify_ssl,
+            scheme=scheme if token else None,
+            token=token or None,
+            certificate_path=cfg.cert_file,
+            private_key_path=cfg.key_file,
+        )
 
 
 class NotOwned(Exception):

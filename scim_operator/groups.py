@@ -58,6 +58,12 @@ def _spec(body: Any) -> ScimGroupSpec:
         raise kopf.PermanentError(f"invalid ScimGroup spec: {exc.errors()[0]['msg']}") from None
 
 
+def team_id_of(op: Operator, policy: Policy | None, name: str, spec: ScimGroupSpec) -> str:
+    """The group's team id: the strategy of the policy in force, else the operator's default."""
+    strategy = (policy.spec.teamIdStrategy if policy else None) or op.settings.team_id_strategy
+    return team_id_for(name, spec, strategy)
+
+
 def _names(ids: list[str], display: dict[str, str], limit: int = 10) -> str:
     shown = ", ".join(display.get(i, i) for i in ids[:limit])
     return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
@@ -267,9 +273,8 @@ async def apply_group(
     op: Operator, view: View, name: str, spec: ScimGroupSpec, known: bool = True, previous: str | None = None
 ) -> Outcome:
     """``previous``: the team id the group's status names, if any (what a changed id moves away from)."""
-    policy = policies.effective_for(view.policies, view.groups, name, spec.displayName, spec.externalId)
-    strategy = (policy.spec.teamIdStrategy if policy else None) or op.settings.team_id_strategy
-    team_id = team_id_for(name, spec, strategy)
+    policy = view.policy_of(name, spec.model_dump())
+    team_id = team_id_of(op, policy, name, spec)
     out = Outcome(team_id=team_id, members=0, policy=policy)
     info = await _ensure_team(op, name, spec, team_id, out, known)
     moved = previous is not None and previous != team_id
@@ -385,7 +390,8 @@ async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
             await reconcile_failed(op, GROUP, "group", body, exc, retry)
             return
         finally:
-            verify_soon(op, view, name, team_id_for(name, spec, op.settings.team_id_strategy))
+            # The team the membership calls went to: the policy's id strategy counts here too.
+            verify_soon(op, view, name, team_id_of(op, view.policy_of(name, spec.model_dump()), name, spec))
         await op.resources.update_status(
             GROUP, name, lambda st, o: _status_ok(st, o, out.team_id, view, name)
         )
@@ -400,9 +406,7 @@ async def delete(op: Operator, view: View, body: Any, retry: int) -> None:
     op.memory.teams.pop(name, None)
     op.memory.in_team.pop(name, None)
     spec = dict(body.get("spec") or {})
-    policy = policies.effective_for(
-        view.policies, view.groups, name, str(spec.get("displayName") or ""), spec.get("externalId")
-    )
+    policy = view.policy_of(name, spec)
     try:
         # The group is gone: so are the keys it gave out, whatever happens to the team.
         left = await keys.revoke_group(op, name, body, policy)
@@ -533,10 +537,7 @@ async def _member_keys(
     fresh = await op.resources.get(GROUP, group)
     if fresh is None:
         return []
-    spec = dict(fresh.get("spec") or {})
-    policy = policies.effective_for(
-        view.policies, view.groups, group, str(spec.get("displayName") or ""), spec.get("externalId")
-    )
+    policy = view.policy_of(group, dict(fresh.get("spec") or {}))
     try:
         return await keys.sync_group(op, view, group, team_id, policy, only=set(changed))
     except (LiteLLMError, keys.KeyDeliveryError) as exc:
@@ -646,7 +647,7 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
         spec = _spec(body)
     except kopf.PermanentError:
         return
-    policy = policies.effective_for(view.policies, view.groups, name, spec.displayName, spec.externalId)
+    policy = view.policy_of(name, spec.model_dump())
     drift_policy = (policy.spec.driftPolicy if policy else None) or op.settings.drift_policy
     async with op.memory.lock("group", name):
         try:

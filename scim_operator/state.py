@@ -7,16 +7,13 @@ ScimUser status and ScimMemberShard specs) and a full compare per group, so losi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+from scim_operator import policies
 from scim_operator.objects import user_id_for
-
-
-class Store(Protocol):
-    def __iter__(self) -> Any: ...
-
+from scim_operator.policies import Policy
 
 Index = Mapping[Any, Any]
 
@@ -128,5 +125,7 @@ class View:
     def groups_of(self, name: str) -> list[str]:
         return sorted(set(self.member_groups.get(name) or ()))
 
-    def ready_subset(self, names: Iterable[str]) -> list[str]:
-        return [n for n in names if self.user_ready(n)]
+    def policy_of(self, group: str, spec: Mapping[str, Any] | None = None) -> Policy | None:
+        """The policy in force for a group (see ``policies.in_force``); ``spec``: the group's spec
+        when the caller holds its body."""
+        return policies.in_force(self.policies, self.groups, group, spec)

@@ -14,7 +14,7 @@ import kopf
 from pydantic import ValidationError
 
 from scim_contract import USER, ScimUserSpec
-from scim_operator import groups, metrics, policy_handlers
+from scim_operator import group_keys, groups, metrics
 from scim_operator.context import NotOwned, Operator, failure_reason, reconcile_failed, retry_later
 from scim_operator.litellm_api import LiteLLMError
 from scim_operator.objects import (
@@ -203,7 +203,7 @@ async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
             return
         # Members' personal keys follow the user before the status records this spec as handled:
         # after that write Kopf no longer sees a change to retry.
-        await policy_handlers.user_keys(op, view, name)
+        await group_keys.user_keys(op, view, name)
         handled = op.diffbase.handled(body)
         written = await op.resources.update_status(
             USER, name, lambda st, o: {**_status_ok(st, o, out, view, name), **handled}
