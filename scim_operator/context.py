@@ -17,6 +17,7 @@ from scim_operator.bookkeeping import StatusDiffBase
 from scim_operator.litellm_api import LiteLLM, LiteLLMError
 from scim_operator.objects import failed_status
 from scim_operator.resources import Resources, emit
+from scim_operator.secrets_api import Secrets
 from scim_operator.state import Memory
 
 
@@ -25,6 +26,7 @@ class Operator:
     settings: OperatorSettings
     litellm: LiteLLM
     resources: Resources
+    secrets: Secrets
     memory: Memory
     diffbase: StatusDiffBase
 

@@ -16,6 +16,7 @@ from scim_operator import keys
 from scim_operator.context import Operator
 from scim_operator.litellm_api import LiteLLMError
 from scim_operator.resources import emit, ref
+from scim_operator.secrets_api import KeyDeliveryError
 from scim_operator.state import View
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 async def sync_keys(op: Operator, view: View, group: str, only: set[str] | None) -> None:
     """Sync one group's keys under its lock, then record the count in its status and post Events."""
-    team_id = op.memory.teams.get(group)
+    team_id = op.memory.teams.ids.get(group)
     if team_id is None:
         return
     policy = view.policy_of(group)
@@ -49,10 +50,10 @@ async def sync_keys(op: Operator, view: View, group: str, only: set[str] | None)
 async def user_keys(op: Operator, view: View, user: str) -> None:
     """A ScimUser changed (activated, deactivated, deleted): its personal keys follow, in every group."""
     for group in view.groups_of(user):
-        if keys.wants_member_keys(view.policy_of(group)) or op.memory.group_keys.get(group):
+        if keys.wants_member_keys(view.policy_of(group)) or op.memory.keys.delivered.get(group):
             try:
                 await sync_keys(op, view, group, only={user})
-            except (LiteLLMError, keys.KeyDeliveryError) as exc:
+            except (LiteLLMError, KeyDeliveryError) as exc:
                 # The group's key timer and drift check converge it later.
                 log.warning("member keys not updated yet", extra={"fields": {"group": group, "error": str(exc)}})
 
@@ -62,14 +63,14 @@ async def key_tick(op: Operator, view: View, group: str, body: Any) -> float | N
     next thing to do, or None."""
     policy = view.policy_of(group)
     recorded = keys.recorded_namespaces(body)
-    if not keys.wants_keys(policy) and not recorded and not op.memory.group_keys.get(group):
+    if not keys.wants_keys(policy) and not recorded and not op.memory.keys.delivered.get(group):
         return None
     namespaces = keys.key_namespaces(op, group, policy, recorded)
     async with op.memory.lock("group", group):
         following = await keys.sweep(op, group, namespaces)
-        existing = await keys.list_delivered(op, namespaces, group)
+        existing = await op.secrets.delivered(namespaces, group)
     rotation = keys.next_rotation(existing, policy)
-    if rotation is not None and rotation <= time.time() and group in op.memory.teams:
+    if rotation is not None and rotation <= time.time() and group in op.memory.teams.ids:
         await sync_keys(op, view, group, None)
         return time.time() + 1.0
     times = [t for t in (following, rotation) if t is not None]
@@ -80,7 +81,7 @@ async def rotate(op: Operator, view: View, group: str, retry: int) -> None:
     """A rotation was requested on the group (its annotation): new keys now, retried with backoff."""
     try:
         await sync_keys(op, view, group, None)
-    except (LiteLLMError, keys.KeyDeliveryError) as exc:
+    except (LiteLLMError, KeyDeliveryError) as exc:
         raise kopf.TemporaryError(f"keys not rotated yet: {exc}", delay=min(30, 2 ** min(retry, 4))) from None
 
 
@@ -96,7 +97,7 @@ async def run_timer(
             following = await key_tick(op, view(), group, body)
             if following is not None:
                 wait = min(wait, max(0.2, following - time.time()))
-        except (LiteLLMError, keys.KeyDeliveryError) as exc:
+        except (LiteLLMError, KeyDeliveryError) as exc:
             log.warning("key timer of group failed", extra={"fields": {"group": group, "error": str(exc)}})
             wait = min(wait, 5.0)
         await stopped.wait(wait)

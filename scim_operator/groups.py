@@ -8,7 +8,6 @@ group costs one LiteLLM call."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from scim_contract import GROUP, USER, ScimGroupSpec
+from scim_contract import GROUP, USER, ScimGroupSpec, TeamSettings
 from scim_operator import keys, metrics, policies
 from scim_operator.context import NotOwned, Operator, failure_reason, reconcile_failed, retry_later
 from scim_operator.litellm_api import LiteLLMError
@@ -35,13 +34,10 @@ from scim_operator.objects import (
 )
 from scim_operator.policies import Policy
 from scim_operator.resources import emit, ref
+from scim_operator.secrets_api import KeyDeliveryError
 from scim_operator.state import View
 
 log = logging.getLogger(__name__)
-
-# Members per /team/member_add call: one call for ordinary groups, bounded bodies for huge ones.
-ADD_BATCH = 500
-
 
 @dataclass
 class Outcome:
@@ -70,45 +66,16 @@ def _names(ids: list[str], display: dict[str, str], limit: int = 10) -> str:
 
 
 async def add_members(op: Operator, team_id: str, user_ids: list[str] | Callable[[], list[str]]) -> None:
-    """Adds in calls of at most ADD_BATCH members. ``user_ids`` may be a function: it is called when
-    LiteLLM can take the first call. During a bulk provisioning a team's addition queues behind other
-    teams' (LiteLLM serialises them), and the users that became ready meanwhile go in the same call:
-    one /team/member_add per team instead of several partial ones."""
-    chosen: list[str] = []
-
-    def first() -> list[str]:
-        chosen[:] = user_ids() if callable(user_ids) else user_ids
-        return chosen[:ADD_BATCH]
-
-    await _add_chunk(op, team_id, first)
-    for start in range(ADD_BATCH, len(chosen), ADD_BATCH):
-        await _add_chunk(op, team_id, functools.partial(list, chosen[start : start + ADD_BATCH]))
-
-
-async def _add_chunk(op: Operator, team_id: str, choose: Callable[[], list[str]]) -> None:
-    sent: list[str] = []
-
-    def pick() -> list[str]:
-        sent[:] = choose()
-        return sent
-
+    """Adds through the client (batches, splitting, see ``LiteLLM.member_add``); a team whose call
+    failed in a way LiteLLM may have half-applied is marked for verification."""
     try:
-        await op.litellm.member_add(team_id, pick)
+        uncertain = await op.litellm.member_add(team_id, user_ids)
     except LiteLLMError as exc:
         if exc.transient:
-            op.memory.suspect_teams.add(team_id)
-        # LiteLLM adds a list in one database transaction with a 5 s limit: a busy proxy answers a
-        # large list with a 500 ("Transaction already closed"). Halves still get through, and a list
-        # that partly landed is harmless (members already in the team are skipped).
-        if exc.status < 500 or len(sent) < 2:
-            raise
-        log.info(
-            "member_add too large for LiteLLM right now; splitting",
-            extra={"fields": {"team": team_id, "members": len(sent), "error": exc.message[:200]}},
-        )
-        head, tail = sent[: len(sent) // 2], sent[len(sent) // 2 :]
-        await _add_chunk(op, team_id, functools.partial(list, head))
-        await _add_chunk(op, team_id, functools.partial(list, tail))
+            op.memory.members.suspect_teams.add(team_id)
+        raise
+    if uncertain:
+        op.memory.members.suspect_teams.add(team_id)
 
 
 async def remove_members(op: Operator, team_id: str, user_ids: list[str]) -> None:
@@ -116,7 +83,7 @@ async def remove_members(op: Operator, team_id: str, user_ids: list[str]) -> Non
         await asyncio.gather(*(op.litellm.member_delete(team_id, uid) for uid in user_ids))
     except LiteLLMError as exc:
         if exc.transient:
-            op.memory.suspect_teams.add(team_id)
+            op.memory.members.suspect_teams.add(team_id)
         raise
 
 
@@ -127,24 +94,24 @@ VERIFY_AFTER = 5.0
 
 
 def verify_soon(op: Operator, view: View, group: str, team_id: str) -> None:
-    if team_id not in op.memory.suspect_teams or group in op.memory.verify_tasks:
+    if team_id not in op.memory.members.suspect_teams or group in op.memory.members.verify_tasks:
         return
     task = asyncio.create_task(_verify(op, view, group, team_id))
-    op.memory.verify_tasks[group] = task
+    op.memory.members.verify_tasks[group] = task
 
 
 async def _verify(op: Operator, view: View, group: str, team_id: str) -> None:
     try:
-        while team_id in op.memory.suspect_teams:
+        while team_id in op.memory.members.suspect_teams:
             await asyncio.sleep(VERIFY_AFTER)
             async with op.memory.lock("group", group):
-                if op.memory.teams.get(group) != team_id:
+                if op.memory.teams.ids.get(group) != team_id:
                     return
-                op.memory.suspect_teams.discard(team_id)
+                op.memory.members.suspect_teams.discard(team_id)
                 try:
                     adds, removes = await compare_members(op, view, group, team_id)
                 except LiteLLMError:
-                    op.memory.suspect_teams.add(team_id)
+                    op.memory.members.suspect_teams.add(team_id)
                     continue
                 if not (adds or removes):
                     continue
@@ -163,7 +130,22 @@ async def _verify(op: Operator, view: View, group: str, team_id: str) -> None:
                     warning=True,
                 )
     finally:
-        op.memory.verify_tasks.pop(group, None)
+        op.memory.members.verify_tasks.pop(group, None)
+
+
+def _team_body(
+    op: Operator, name: str, spec: ScimGroupSpec, team_id: str, team: TeamSettings | None, metadata: Any
+) -> dict[str, Any]:
+    """The /team/new and /team/update request: the policy's settings, the alias, and the current
+    metadata with the policy's and the ownership tag merged in."""
+    return {
+        **policies.team_fields(team),
+        "team_id": team_id,
+        "team_alias": spec.displayName,
+        "metadata": merged_metadata(
+            policies.team_metadata(metadata, team), op.settings.owner_tag, op.namespace, name
+        ),
+    }
 
 
 async def _ensure_team(
@@ -176,16 +158,7 @@ async def _ensure_team(
     info = await op.litellm.team_info(team_id) if known else None
     if info is None:
         try:
-            await op.litellm.team_new(
-                {
-                    **policies.team_fields(team),
-                    "team_id": team_id,
-                    "team_alias": spec.displayName,
-                    "metadata": merged_metadata(
-                        policies.team_metadata({}, team), s.owner_tag, op.namespace, name
-                    ),
-                }
-            )
+            await op.litellm.team_new(_team_body(op, name, spec, team_id, team, {}))
             out.events.append(("Created", f"created LiteLLM team {team_id}"))
             return None
         except LiteLLMError as exc:
@@ -210,16 +183,7 @@ async def _ensure_team(
         await _refuse_busy_adoption(op, team_id, info)
     settings_differ = policies.team_differences(team, info)
     if info.get("team_alias") != spec.displayName or owner != "owned" or settings_differ:
-        await op.litellm.team_update(
-            {
-                **policies.team_fields(team),
-                "team_id": team_id,
-                "team_alias": spec.displayName,
-                "metadata": merged_metadata(
-                    policies.team_metadata(info.get("metadata"), team), s.owner_tag, op.namespace, name
-                ),
-            }
-        )
+        await op.litellm.team_update(_team_body(op, name, spec, team_id, team, info.get("metadata")))
         changes = list(settings_differ)
         if info.get("team_alias") != spec.displayName:
             changes.insert(0, f"alias {info.get('team_alias')!r} -> {spec.displayName!r}")
@@ -264,7 +228,8 @@ async def _leave_team(op: Operator, view: View, name: str, old: str, policy: Pol
         await op.litellm.team_delete(old)
         return [*done, "deleted it"]
     users, _ = view.group_member_ids(name)
-    leaving = sorted(set(team_members(info)) & ({user_id_for(u) for u in users} | view.memory.in_team.get(name, set())))
+    ours = {user_id_for(u) for u in users} | view.memory.members.in_team.get(name, set())
+    leaving = sorted(set(team_members(info)) & ours)
     await remove_members(op, old, leaving)
     return [*done, f"removed {len(leaving)} member(s) from it, kept it (deletion policy 'keep')"]
 
@@ -284,7 +249,7 @@ async def apply_group(
                                           + (f"; old team: {', '.join(done)}" if done else "")))
     # Mark the team usable, then read the desired members with no await in between: a shard change
     # either sees the team (and applies its own difference) or happened before this read.
-    op.memory.teams[name] = team_id
+    op.memory.teams.ids[name] = team_id
     current = team_members(info) if info is not None else {}
     desired = view.desired_members(name)
     shards = list(view.shards.get(name) or ())
@@ -298,14 +263,12 @@ async def apply_group(
             desired = view.desired_members(name)
             shards = list(view.shards.get(name) or ())
             adds, removes = membership_differences(desired, current)
-            op.memory.pending_joins.get(name, set()).difference_update(adds)
+            op.memory.members.pending_joins.get(name, set()).difference_update(adds)
             return adds
 
         await add_members(op, team_id, newest_adds)
     await remove_members(op, team_id, removes)
-    for shard, users, _nested in shards:
-        op.memory.applied_shards[shard] = frozenset(users)
-    op.memory.in_team[name] = set(desired)
+    _applied(op, name, shards, desired)
     # ScimUser name and LiteLLM user_id are the same (see user_id_for).
     _count_groups_later(op, view, sorted({*adds, *removes}))
     if adds:
@@ -322,8 +285,16 @@ async def apply_group(
         )
     out.members = len(desired)
     out.events += await keys.sync_group(op, view, name, team_id, policy, reissue=moved)
-    op.memory.group_policies[name] = policies.version(policy)
+    op.memory.teams.policies[name] = policies.version(policy)
     return out
+
+
+def _applied(op: Operator, group: str, shards: list[Any], desired: dict[str, str]) -> None:
+    """Record what a whole-team comparison applied: each shard's users as of the comparison, and
+    the members LiteLLM now has (for status only)."""
+    for shard, users, _nested in shards:
+        op.memory.members.applied_shards[shard] = frozenset(users)
+    op.memory.members.in_team[group] = set(desired)
 
 
 async def compare_members(op: Operator, view: View, group: str, team_id: str) -> tuple[list[str], list[str]]:
@@ -339,10 +310,8 @@ async def compare_members(op: Operator, view: View, group: str, team_id: str) ->
     adds, removes = membership_differences(desired, team_members(info))
     await add_members(op, team_id, adds)
     await remove_members(op, team_id, removes)
-    for shard, users, _nested in shards:
-        op.memory.applied_shards[shard] = frozenset(users)
-    op.memory.in_team[group] = set(desired)
-    op.memory.pending_joins.pop(group, None)
+    _applied(op, group, shards, desired)
+    op.memory.members.pending_joins.pop(group, None)
     return adds, removes
 
 
@@ -353,7 +322,7 @@ def _status_ok(
     _, listed = view.group_member_ids(name)
     # What LiteLLM was told and acknowledged, not what is desired: a pending difference must not
     # look applied.
-    members = len(view.memory.in_team.get(name, ()))
+    members = len(view.memory.members.in_team.get(name, ()))
     conds = set_condition(
         st.get("conditions"), "Synced", True, "Synced", f"LiteLLM team {team_id} matches this group", gen
     )
@@ -368,7 +337,7 @@ def _status_ok(
         "lastSyncTime": now(),
         "members": listed,
         "litellm": {"teamId": team_id, "members": members},
-        "policy": view.memory.group_policies.get(name, ("", 0))[0],
+        "policy": view.memory.teams.policies.get(name, ("", 0))[0],
         "keys": keys.status_of(view.memory, name),
         "conditions": keys.keys_condition(view.memory, name, conds, gen),
     }
@@ -403,8 +372,8 @@ async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
 async def delete(op: Operator, view: View, body: Any, retry: int) -> None:
     name = body["metadata"]["name"]
     team_id = (body.get("status") or {}).get("litellm", {}).get("teamId")
-    op.memory.teams.pop(name, None)
-    op.memory.in_team.pop(name, None)
+    op.memory.teams.ids.pop(name, None)
+    op.memory.members.in_team.pop(name, None)
     spec = dict(body.get("spec") or {})
     policy = view.policy_of(name, spec)
     try:
@@ -416,8 +385,8 @@ async def delete(op: Operator, view: View, body: Any, retry: int) -> None:
         # Not worth holding the group for: the keys in these Secrets are deleted in LiteLLM already.
         emit(body, problem.reason, f"key Secrets not removed, their keys are deleted in LiteLLM: {problem}",
              warning=True)
-    op.memory.group_policies.pop(name, None)
-    op.memory.key_failures.pop(name, None)
+    op.memory.teams.policies.pop(name, None)
+    op.memory.keys.failures.pop(name, None)
     if not team_id:
         return
     if ((policy.spec.deletionPolicy if policy else None) or op.settings.deletion_policy) == "keep":
@@ -458,18 +427,18 @@ async def shard_changed(op: Operator, view: View, event_type: str | None, body: 
         return
     if event_type is None:
         # Initial listing at start-up: the group's resume handler compares the whole team.
-        op.memory.applied_shards.setdefault(shard, frozenset(spec.get("users") or ()))
+        op.memory.members.applied_shards.setdefault(shard, frozenset(spec.get("users") or ()))
         return
     attempt = 0
     while True:
         async with op.memory.lock("group", group):
             fresh = body.get("spec") or {}
             users = frozenset() if event_type == "DELETED" else frozenset(fresh.get("users") or ())
-            team_id = op.memory.teams.get(group)
-            old = op.memory.applied_shards.get(shard, frozenset())
+            team_id = op.memory.teams.ids.get(group)
+            old = op.memory.members.applied_shards.get(shard, frozenset())
             if team_id is None:
                 # The group's own handler will compare the whole team once the team exists.
-                op.memory.applied_shards[shard] = users
+                op.memory.members.applied_shards[shard] = users
                 _count_groups_later(op, view, sorted(users ^ old))
                 return
             display = {user_id_for(n): view.display(n) for n in users | old}
@@ -477,7 +446,7 @@ async def shard_changed(op: Operator, view: View, event_type: str | None, body: 
             removes = [
                 user_id_for(n)
                 for n in sorted(old - users)
-                if n in op.memory.ready_users or view.user_exists(n)
+                if n in op.memory.users.ready or view.user_exists(n)
             ]
             try:
                 if attempt:
@@ -495,10 +464,10 @@ async def shard_changed(op: Operator, view: View, event_type: str | None, body: 
                     extra={"fields": {"group": group, "shard": shard, "error": str(exc), "delay": delay}},
                 )
             else:
-                op.memory.applied_shards[shard] = users
+                op.memory.members.applied_shards[shard] = users
                 if not attempt:
-                    op.memory.in_team.setdefault(group, set()).update(adds)
-                    op.memory.in_team[group].difference_update(removes)
+                    op.memory.members.in_team.setdefault(group, set()).update(adds)
+                    op.memory.members.in_team[group].difference_update(removes)
                 key_events = await _member_keys(op, view, group, team_id, users ^ old)
                 if adds or removes or key_events:
                     _count_groups_later(op, view, sorted(users ^ old))
@@ -540,7 +509,7 @@ async def _member_keys(
     policy = view.policy_of(group, dict(fresh.get("spec") or {}))
     try:
         return await keys.sync_group(op, view, group, team_id, policy, only=set(changed))
-    except (LiteLLMError, keys.KeyDeliveryError) as exc:
+    except (LiteLLMError, KeyDeliveryError) as exc:
         log.warning("member keys not updated yet", extra={"fields": {"group": group, "error": str(exc)}})
         return [("KeysFailed", f"member keys not updated yet: {exc}")]
 
@@ -551,11 +520,11 @@ JOIN_WINDOW = 0.1
 
 
 def join_later(op: Operator, view: View, group: str, team_id: str, user_id: str) -> None:
-    pending = op.memory.pending_joins.setdefault(group, set())
+    pending = op.memory.members.pending_joins.setdefault(group, set())
     pending.add(user_id)
-    if group not in op.memory.join_tasks:
+    if group not in op.memory.members.join_tasks:
         task = asyncio.create_task(_flush_joins(op, view, group, team_id))
-        op.memory.join_tasks[group] = task
+        op.memory.members.join_tasks[group] = task
 
 
 async def _flush_joins(op: Operator, view: View, group: str, team_id: str) -> None:
@@ -564,13 +533,13 @@ async def _flush_joins(op: Operator, view: View, group: str, team_id: str) -> No
         while True:
             await asyncio.sleep(JOIN_WINDOW if attempt == 0 else min(30.0, 0.5 * 2 ** min(attempt, 6)))
             async with op.memory.lock("group", group):
-                if not op.memory.pending_joins.get(group) or op.memory.teams.get(group) != team_id:
+                if not op.memory.members.pending_joins.get(group) or op.memory.teams.ids.get(group) != team_id:
                     return  # nothing left, or the group was deleted meanwhile
                 batch: list[str] = []
 
                 def take(batch: list[str] = batch) -> list[str]:
                     # Taken when LiteLLM can take the call: joins that arrive while it queues go in too.
-                    batch[:] = sorted(op.memory.pending_joins.pop(group, set()))
+                    batch[:] = sorted(op.memory.members.pending_joins.pop(group, set()))
                     return batch
 
                 try:
@@ -578,9 +547,9 @@ async def _flush_joins(op: Operator, view: View, group: str, team_id: str) -> No
                         batch, _ = await compare_members(op, view, group, team_id)
                     else:
                         await add_members(op, team_id, take)
-                        op.memory.in_team.setdefault(group, set()).update(batch)
+                        op.memory.members.in_team.setdefault(group, set()).update(batch)
                 except LiteLLMError as exc:
-                    op.memory.pending_joins.setdefault(group, set()).update(batch)
+                    op.memory.members.pending_joins.setdefault(group, set()).update(batch)
                     attempt += 1
                     metrics.FAILURES.labels("membership", failure_reason(exc)).inc()
                     await op.resources.update_status(GROUP, group, failed_status(failure_reason(exc), str(exc)))
@@ -600,7 +569,7 @@ async def _flush_joins(op: Operator, view: View, group: str, team_id: str) -> No
                     f"{_names(batch, {u: view.display(u) for u in batch})}",
                 )
     finally:
-        op.memory.join_tasks.pop(group, None)
+        op.memory.members.join_tasks.pop(group, None)
 
 
 # A burst of group changes (initial provisioning: every user lands in several groups) refreshes each
@@ -610,16 +579,16 @@ RECOUNT_WINDOW = 1.0
 
 def _count_groups_later(op: Operator, view: View, names: list[str]) -> None:
     """Refresh status.groups of users whose memberships changed, off the membership path."""
-    op.memory.recount_users.update(names)
-    if op.memory.recount_task is None or op.memory.recount_task.done():
-        op.memory.recount_task = asyncio.create_task(_recount(op, view))
+    op.memory.members.recount_users.update(names)
+    if op.memory.members.recount_task is None or op.memory.members.recount_task.done():
+        op.memory.members.recount_task = asyncio.create_task(_recount(op, view))
 
 
 async def _recount(op: Operator, view: View) -> None:
-    while op.memory.recount_users:
+    while op.memory.members.recount_users:
         await asyncio.sleep(RECOUNT_WINDOW)
-        batch = sorted(op.memory.recount_users)
-        op.memory.recount_users.clear()
+        batch = sorted(op.memory.members.recount_users)
+        op.memory.members.recount_users.clear()
         for name in batch:
             # A user not synced yet counts its groups in its own first status write.
             if not view.user_exists(name) or not view.user_ready(name):
@@ -641,7 +610,7 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
     """The drift timer of a ScimGroup."""
     name = body["metadata"]["name"]
     team_id = (body.get("status") or {}).get("litellm", {}).get("teamId")
-    if not team_id or name not in op.memory.teams:
+    if not team_id or name not in op.memory.teams.ids:
         return
     try:
         spec = _spec(body)
@@ -660,7 +629,7 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
                     findings.append(
                         f"team alias is {info.get('team_alias')!r}, expected {spec.displayName!r}"
                     )
-                if policies.version(policy) != op.memory.group_policies.get(name):
+                if policies.version(policy) != op.memory.teams.policies.get(name):
                     findings.append(f"policy in effect is now {policies.version(policy)[0] or 'none'}")
                 findings += policies.team_differences(policy.spec.team if policy else None, info)
                 desired = view.desired_members(name)

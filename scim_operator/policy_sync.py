@@ -31,9 +31,9 @@ async def reapply(op: Operator, view: View, only: set[str] | None = None) -> Non
         name = entry.facts.name
         if only is not None and name not in only:
             continue
-        if name not in op.memory.teams:
+        if name not in op.memory.teams.ids:
             continue  # not reconciled yet: its own handler picks the policy up
-        if policies.version(view.policy_of(name)) != op.memory.group_policies.get(name):
+        if policies.version(view.policy_of(name)) != op.memory.teams.policies.get(name):
             stale.append(name)
     limit = asyncio.Semaphore(REAPPLY_CONCURRENCY)
 

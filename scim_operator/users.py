@@ -144,13 +144,13 @@ async def apply_user(
         await _unblock_keys(op, desired.user_id, known_blocked, out)
 
     was_ready = view.user_ready(name)
-    op.memory.ready_users[name] = desired.user_id
+    op.memory.users.ready[name] = desired.user_id
     if not was_ready:
         # Groups that listed this user before it existed: join their teams now. Reading the index
         # right after marking the user ready (no await in between) leaves no window in which a shard
         # change could see the user as not ready while this read misses the shard.
         for group in view.groups_of(name):
-            team_id = op.memory.teams.get(group)
+            team_id = op.memory.teams.ids.get(group)
             if team_id is not None:
                 groups.join_later(op, view, group, team_id, desired.user_id)
     return out
@@ -219,8 +219,8 @@ async def delete(op: Operator, body: Any, retry: int) -> None:
     """Deletion handler (behind the finalizer): keys deleted first, then the user."""
     name = body["metadata"]["name"]
     op.diffbase.forget(body)
-    op.memory.deleting_users.add(name)
-    op.memory.ready_users.pop(name, None)
+    op.memory.users.deleting.add(name)
+    op.memory.users.ready.pop(name, None)
     user_id = (body.get("status") or {}).get("litellm", {}).get("userId") or user_id_for(name)
     async with op.memory.lock("user", name):
         try:
@@ -239,7 +239,7 @@ async def delete(op: Operator, body: Any, retry: int) -> None:
             keys = [str(k["token"]) for k in await op.litellm.user_keys(user_id) if k.get("token")]
             await op.litellm.key_delete(keys)
             await op.litellm.user_delete(user_id)
-            for members in op.memory.in_team.values():  # LiteLLM removed the user from its teams
+            for members in op.memory.members.in_team.values():  # LiteLLM removed the user from its teams
                 members.discard(user_id)
         except LiteLLMError as exc:
             metrics.FAILURES.labels("user", failure_reason(exc)).inc()
@@ -247,14 +247,14 @@ async def delete(op: Operator, body: Any, retry: int) -> None:
         finally:
             op.memory.forget_lock("user", name)
     emit(body, "Deleted", f"deleted LiteLLM user {user_id} and its {len(keys)} key(s)")
-    op.memory.deleting_users.discard(name)
+    op.memory.users.deleting.discard(name)
 
 
 async def check_drift(op: Operator, view: View, body: Any) -> None:
     """The drift timer of a ScimUser: compare LiteLLM with the resource, report, correct."""
     name = body["metadata"]["name"]
     status = dict(body.get("status") or {})
-    if not (status.get("litellm") or {}).get("userId") or name in op.memory.deleting_users:
+    if not (status.get("litellm") or {}).get("userId") or name in op.memory.users.deleting:
         return  # never synced (the handler is on it) or on its way out
     try:
         spec = _spec(body)

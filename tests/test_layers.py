@@ -127,6 +127,7 @@ OPERATOR_LAYERS = {
     "state": 1,  # in-memory knowledge and the view over Kopf's indexes
     "litellm_api": 1,  # clients
     "resources": 1,
+    "secrets_api": 1,
     "bookkeeping": 1,
     "policies": 0,  # pure rules and formats, metrics
     "objects": 0,
