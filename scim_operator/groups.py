@@ -1,23 +1,18 @@
-"""ScimGroup -> LiteLLM team; its ScimMemberShards -> team members.
-
-Two paths keep members right: the group handler (create/resume/drift) compares the whole team with
-the union of the shards (level-based, used after restarts), and the shard handler applies only the
-difference between a shard's previous and new member list, so one member added to a 50,000-member
-group costs one LiteLLM call."""
+"""ScimGroup -> LiteLLM team: ensure it (create, adopt, settings of the policy in force), move it when
+its team id changes, delete or keep it, and find drift. The group handler also compares the whole
+team with the union of the shards (level-based, used after restarts) through ``membership``."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
-from scim_contract import GROUP, USER, ScimGroupSpec, TeamSettings
-from scim_operator import keys, metrics, policies
+from scim_contract import GROUP, ScimGroupSpec, TeamSettings
+from scim_operator import keys, membership, metrics, policies
 from scim_operator.context import NotOwned, Operator, failure_reason, reconcile_failed, retry_later
 from scim_operator.litellm_api import LiteLLMError
 from scim_operator.objects import (
@@ -33,8 +28,7 @@ from scim_operator.objects import (
     user_id_for,
 )
 from scim_operator.policies import Policy
-from scim_operator.resources import emit, ref
-from scim_operator.secrets_api import KeyDeliveryError
+from scim_operator.resources import emit
 from scim_operator.state import View
 
 log = logging.getLogger(__name__)
@@ -58,79 +52,6 @@ def team_id_of(op: Operator, policy: Policy | None, name: str, spec: ScimGroupSp
     """The group's team id: the strategy of the policy in force, else the operator's default."""
     strategy = (policy.spec.teamIdStrategy if policy else None) or op.settings.team_id_strategy
     return team_id_for(name, spec, strategy)
-
-
-def _names(ids: list[str], display: dict[str, str], limit: int = 10) -> str:
-    shown = ", ".join(display.get(i, i) for i in ids[:limit])
-    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
-
-
-async def add_members(op: Operator, team_id: str, user_ids: list[str] | Callable[[], list[str]]) -> None:
-    """Adds through the client (batches, splitting, see ``LiteLLM.member_add``); a team whose call
-    failed in a way LiteLLM may have half-applied is marked for verification."""
-    try:
-        uncertain = await op.litellm.member_add(team_id, user_ids)
-    except LiteLLMError as exc:
-        if exc.transient:
-            op.memory.members.suspect_teams.add(team_id)
-        raise
-    if uncertain:
-        op.memory.members.suspect_teams.add(team_id)
-
-
-async def remove_members(op: Operator, team_id: str, user_ids: list[str]) -> None:
-    try:
-        await asyncio.gather(*(op.litellm.member_delete(team_id, uid) for uid in user_ids))
-    except LiteLLMError as exc:
-        if exc.transient:
-            op.memory.members.suspect_teams.add(team_id)
-        raise
-
-
-# After a membership call failed with a 5xx or no answer, LiteLLM may still finish it later, or may
-# have lost part of a list (seen under load: members missing although a later call succeeded). Such a
-# team is compared with /team/info once things are quiet, until a comparison finds nothing to fix.
-VERIFY_AFTER = 5.0
-
-
-def verify_soon(op: Operator, view: View, group: str, team_id: str) -> None:
-    if team_id not in op.memory.members.suspect_teams or group in op.memory.members.verify_tasks:
-        return
-    task = asyncio.create_task(_verify(op, view, group, team_id))
-    op.memory.members.verify_tasks[group] = task
-
-
-async def _verify(op: Operator, view: View, group: str, team_id: str) -> None:
-    try:
-        while team_id in op.memory.members.suspect_teams:
-            await asyncio.sleep(VERIFY_AFTER)
-            async with op.memory.lock("group", group):
-                if op.memory.teams.ids.get(group) != team_id:
-                    return
-                op.memory.members.suspect_teams.discard(team_id)
-                try:
-                    adds, removes = await compare_members(op, view, group, team_id)
-                except LiteLLMError:
-                    op.memory.members.suspect_teams.add(team_id)
-                    continue
-                if not (adds or removes):
-                    continue
-                log.warning(
-                    "membership repaired after LiteLLM failures",
-                    extra={"fields": {"team": team_id, "added": len(adds), "removed": len(removes)}},
-                )
-                target = await op.resources.update_status(GROUP, group, _ok(team_id, view, group))
-            if target is not None:
-                gref = ref(GROUP, op.namespace, group, target["metadata"].get("uid"))
-                emit(
-                    gref,
-                    "MembersRepaired",
-                    f"re-applied {len(adds)} addition(s) and {len(removes)} removal(s) "
-                    f"LiteLLM had not kept after failed calls to team {team_id}",
-                    warning=True,
-                )
-    finally:
-        op.memory.members.verify_tasks.pop(group, None)
 
 
 def _team_body(
@@ -230,7 +151,7 @@ async def _leave_team(op: Operator, view: View, name: str, old: str, policy: Pol
     users, _ = view.group_member_ids(name)
     ours = {user_id_for(u) for u in users} | view.memory.members.in_team.get(name, set())
     leaving = sorted(set(team_members(info)) & ours)
-    await remove_members(op, old, leaving)
+    await membership.remove_members(op, old, leaving)
     return [*done, f"removed {len(leaving)} member(s) from it, kept it (deletion policy 'keep')"]
 
 
@@ -266,85 +187,27 @@ async def apply_group(
             op.memory.members.pending_joins.get(name, set()).difference_update(adds)
             return adds
 
-        await add_members(op, team_id, newest_adds)
-    await remove_members(op, team_id, removes)
-    _applied(op, name, shards, desired)
+        await membership.add_members(op, team_id, newest_adds)
+    await membership.remove_members(op, team_id, removes)
+    membership.record_applied(op, name, shards, desired)
     # ScimUser name and LiteLLM user_id are the same (see user_id_for).
-    _count_groups_later(op, view, sorted({*adds, *removes}))
+    membership.count_groups_later(op, view, sorted({*adds, *removes}))
     if adds:
         out.events.append(
-            ("MembersAdded", f"added {len(adds)} member(s) to team {team_id}: {_names(adds, desired)}")
+            ("MembersAdded", f"added {len(adds)} member(s) to team {team_id}: {membership.names(adds, desired)}")
         )
     if removes:
         out.events.append(
             (
                 "MembersRemoved",
                 f"removed {len(removes)} member(s) from team {team_id}: "
-                f"{_names(removes, {u: view.display(u) for u in removes})}",
+                f"{membership.names(removes, {u: view.display(u) for u in removes})}",
             )
         )
     out.members = len(desired)
     out.events += await keys.sync_group(op, view, name, team_id, policy, reissue=moved)
     op.memory.teams.policies[name] = policies.version(policy)
     return out
-
-
-def _applied(op: Operator, group: str, shards: list[Any], desired: dict[str, str]) -> None:
-    """Record what a whole-team comparison applied: each shard's users as of the comparison, and
-    the members LiteLLM now has (for status only)."""
-    for shard, users, _nested in shards:
-        op.memory.members.applied_shards[shard] = frozenset(users)
-    op.memory.members.in_team[group] = set(desired)
-
-
-async def compare_members(op: Operator, view: View, group: str, team_id: str) -> tuple[list[str], list[str]]:
-    """Make the team's members exactly the group's usable members, from a fresh /team/info.
-
-    Used after a failed membership call: a call that timed out may still have been applied (or be
-    in flight), so retrying the same difference blindly could race it; comparing again cannot."""
-    info = await op.litellm.team_info(team_id)
-    if info is None:
-        raise LiteLLMError(404, f"LiteLLM team {team_id} does not exist", endpoint="/team/info")
-    desired = view.desired_members(group)
-    shards = list(view.shards.get(group) or ())
-    adds, removes = membership_differences(desired, team_members(info))
-    await add_members(op, team_id, adds)
-    await remove_members(op, team_id, removes)
-    _applied(op, group, shards, desired)
-    op.memory.members.pending_joins.pop(group, None)
-    return adds, removes
-
-
-def _status_ok(
-    st: dict[str, Any], obj: dict[str, Any], team_id: str, view: View, name: str
-) -> dict[str, Any]:
-    gen = obj["metadata"].get("generation")
-    _, listed = view.group_member_ids(name)
-    # What LiteLLM was told and acknowledged, not what is desired: a pending difference must not
-    # look applied.
-    members = len(view.memory.members.in_team.get(name, ()))
-    conds = set_condition(
-        st.get("conditions"), "Synced", True, "Synced", f"LiteLLM team {team_id} matches this group", gen
-    )
-    conds = set_condition(
-        conds, "Ready", True, "TeamReady", f"LiteLLM team {team_id} has {members} member(s)", gen
-    )
-    if not any(c.get("type") == "Drifted" for c in conds):
-        conds = set_condition(conds, "Drifted", False, "InSync", "no drift found", gen)
-    return {
-        **st,
-        "observedGeneration": gen,
-        "lastSyncTime": now(),
-        "members": listed,
-        "litellm": {"teamId": team_id, "members": members},
-        "policy": view.memory.teams.policies.get(name, ("", 0))[0],
-        "keys": keys.status_of(view.memory, name),
-        "conditions": keys.keys_condition(view.memory, name, conds, gen),
-    }
-
-
-def _ok(team_id: str, view: View, name: str) -> Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]:
-    return lambda st, obj: _status_ok(st, obj, team_id, view, name)
 
 
 async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
@@ -360,9 +223,9 @@ async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
             return
         finally:
             # The team the membership calls went to: the policy's id strategy counts here too.
-            verify_soon(op, view, name, team_id_of(op, view.policy_of(name, spec.model_dump()), name, spec))
+            membership.verify_soon(op, view, name, team_id_of(op, view.policy_of(name, spec.model_dump()), name, spec))
         await op.resources.update_status(
-            GROUP, name, lambda st, o: _status_ok(st, o, out.team_id, view, name)
+            GROUP, name, lambda st, o: membership.status_ok(st, o, out.team_id, view, name)
         )
         metrics.RECONCILES.labels("group", "ok").inc()
         for reason, message in out.events:
@@ -413,197 +276,6 @@ async def delete(op: Operator, view: View, body: Any, retry: int) -> None:
         finally:
             op.memory.forget_lock("group", name)
     emit(body, "Deleted", f"deleted LiteLLM team {team_id}")
-
-
-async def shard_changed(op: Operator, view: View, event_type: str | None, body: Any) -> None:
-    """A ScimMemberShard was listed, added, modified or deleted: apply its difference to the team.
-
-    Retries (with backoff) until LiteLLM accepts, so a difference is never dropped; meanwhile Kopf
-    coalesces further events of this shard, and the retry applies the newest content."""
-    shard = body["metadata"]["name"]
-    spec = body.get("spec") or {}
-    group = str(spec.get("group") or "")
-    if not group:
-        return
-    if event_type is None:
-        # Initial listing at start-up: the group's resume handler compares the whole team.
-        op.memory.members.applied_shards.setdefault(shard, frozenset(spec.get("users") or ()))
-        return
-    attempt = 0
-    while True:
-        async with op.memory.lock("group", group):
-            fresh = body.get("spec") or {}
-            users = frozenset() if event_type == "DELETED" else frozenset(fresh.get("users") or ())
-            team_id = op.memory.teams.ids.get(group)
-            old = op.memory.members.applied_shards.get(shard, frozenset())
-            if team_id is None:
-                # The group's own handler will compare the whole team once the team exists.
-                op.memory.members.applied_shards[shard] = users
-                _count_groups_later(op, view, sorted(users ^ old))
-                return
-            display = {user_id_for(n): view.display(n) for n in users | old}
-            adds = [user_id_for(n) for n in sorted(users - old) if view.user_ready(n)]
-            removes = [
-                user_id_for(n)
-                for n in sorted(old - users)
-                if n in op.memory.users.ready or view.user_exists(n)
-            ]
-            try:
-                if attempt:
-                    adds, removes = await compare_members(op, view, group, team_id)
-                else:
-                    await add_members(op, team_id, adds)
-                    await remove_members(op, team_id, removes)
-            except LiteLLMError as exc:
-                metrics.FAILURES.labels("membership", failure_reason(exc)).inc()
-                await op.resources.update_status(GROUP, group, failed_status(failure_reason(exc), str(exc)))
-                attempt += 1
-                delay = min(30.0, 0.5 * 2 ** min(attempt, 6))
-                log.warning(
-                    "membership change not applied yet; retrying",
-                    extra={"fields": {"group": group, "shard": shard, "error": str(exc), "delay": delay}},
-                )
-            else:
-                op.memory.members.applied_shards[shard] = users
-                if not attempt:
-                    op.memory.members.in_team.setdefault(group, set()).update(adds)
-                    op.memory.members.in_team[group].difference_update(removes)
-                key_events = await _member_keys(op, view, group, team_id, users ^ old)
-                if adds or removes or key_events:
-                    _count_groups_later(op, view, sorted(users ^ old))
-                    target = await op.resources.update_status(GROUP, group, _ok(team_id, view, group))
-                    metrics.RECONCILES.labels("membership", "ok").inc()
-                    if target is not None:
-                        gref = ref(GROUP, op.namespace, group, target["metadata"].get("uid"))
-                        if adds:
-                            emit(
-                                gref,
-                                "MembersAdded",
-                                f"added {len(adds)} member(s) to team {team_id}: {_names(adds, display)}",
-                            )
-                        if removes:
-                            emit(
-                                gref,
-                                "MembersRemoved",
-                                f"removed {len(removes)} member(s) from team {team_id}: "
-                                f"{_names(removes, display)}",
-                            )
-                        for reason, message in key_events:
-                            emit(gref, reason, message)
-                verify_soon(op, view, group, team_id)
-                return
-        verify_soon(op, view, group, team_id)
-        await asyncio.sleep(delay)
-
-
-async def _member_keys(
-    op: Operator, view: View, group: str, team_id: str, changed: frozenset[str]
-) -> list[tuple[str, str]]:
-    """Personal keys follow membership: issued on join, revoked on leave. A failure here is
-    logged and left to the group's next reconcile or drift check (the membership itself is done)."""
-    if not changed:
-        return []
-    fresh = await op.resources.get(GROUP, group)
-    if fresh is None:
-        return []
-    policy = view.policy_of(group, dict(fresh.get("spec") or {}))
-    try:
-        return await keys.sync_group(op, view, group, team_id, policy, only=set(changed))
-    except (LiteLLMError, KeyDeliveryError) as exc:
-        log.warning("member keys not updated yet", extra={"fields": {"group": group, "error": str(exc)}})
-        return [("KeysFailed", f"member keys not updated yet: {exc}")]
-
-
-# Users that become usable while their groups' teams already exist join in batches: a burst of
-# new users (initial provisioning) costs one /team/member_add per team, not one per membership.
-JOIN_WINDOW = 0.1
-
-
-def join_later(op: Operator, view: View, group: str, team_id: str, user_id: str) -> None:
-    pending = op.memory.members.pending_joins.setdefault(group, set())
-    pending.add(user_id)
-    if group not in op.memory.members.join_tasks:
-        task = asyncio.create_task(_flush_joins(op, view, group, team_id))
-        op.memory.members.join_tasks[group] = task
-
-
-async def _flush_joins(op: Operator, view: View, group: str, team_id: str) -> None:
-    attempt = 0
-    try:
-        while True:
-            await asyncio.sleep(JOIN_WINDOW if attempt == 0 else min(30.0, 0.5 * 2 ** min(attempt, 6)))
-            async with op.memory.lock("group", group):
-                if not op.memory.members.pending_joins.get(group) or op.memory.teams.ids.get(group) != team_id:
-                    return  # nothing left, or the group was deleted meanwhile
-                batch: list[str] = []
-
-                def take(batch: list[str] = batch) -> list[str]:
-                    # Taken when LiteLLM can take the call: joins that arrive while it queues go in too.
-                    batch[:] = sorted(op.memory.members.pending_joins.pop(group, set()))
-                    return batch
-
-                try:
-                    if attempt:
-                        batch, _ = await compare_members(op, view, group, team_id)
-                    else:
-                        await add_members(op, team_id, take)
-                        op.memory.members.in_team.setdefault(group, set()).update(batch)
-                except LiteLLMError as exc:
-                    op.memory.members.pending_joins.setdefault(group, set()).update(batch)
-                    attempt += 1
-                    metrics.FAILURES.labels("membership", failure_reason(exc)).inc()
-                    await op.resources.update_status(GROUP, group, failed_status(failure_reason(exc), str(exc)))
-                    verify_soon(op, view, group, team_id)
-                    continue
-                if not batch and not attempt:
-                    continue  # the group's own reconcile took these members into its call
-                attempt = 0
-                verify_soon(op, view, group, team_id)
-                target = await op.resources.update_status(GROUP, group, _ok(team_id, view, group))
-            if target is not None and batch:
-                gref = ref(GROUP, op.namespace, group, target["metadata"].get("uid"))
-                emit(
-                    gref,
-                    "MembersAdded",
-                    f"added {len(batch)} member(s) to team {team_id}: "
-                    f"{_names(batch, {u: view.display(u) for u in batch})}",
-                )
-    finally:
-        op.memory.members.join_tasks.pop(group, None)
-
-
-# A burst of group changes (initial provisioning: every user lands in several groups) refreshes each
-# user's count once per window, not once per group.
-RECOUNT_WINDOW = 1.0
-
-
-def _count_groups_later(op: Operator, view: View, names: list[str]) -> None:
-    """Refresh status.groups of users whose memberships changed, off the membership path."""
-    op.memory.members.recount_users.update(names)
-    if op.memory.members.recount_task is None or op.memory.members.recount_task.done():
-        op.memory.members.recount_task = asyncio.create_task(_recount(op, view))
-
-
-async def _recount(op: Operator, view: View) -> None:
-    while op.memory.members.recount_users:
-        await asyncio.sleep(RECOUNT_WINDOW)
-        batch = sorted(op.memory.members.recount_users)
-        op.memory.members.recount_users.clear()
-        for name in batch:
-            # A user not synced yet counts its groups in its own first status write.
-            if not view.user_exists(name) or not view.user_ready(name):
-                continue
-            try:
-                async with op.memory.lock("user", name):
-                    await op.resources.update_status(
-                        USER,
-                        name,
-                        lambda st, _o, n=name: {**st, "groups": len(view.groups_of(n))},  # type: ignore[misc]
-                    )
-            except Exception as exc:  # a count is cosmetic: the user's next reconcile or drift check fixes it
-                log.warning(
-                    "group count of ScimUser not refreshed", extra={"fields": {"name": name, "error": str(exc)}}
-                )
 
 
 async def check_drift(op: Operator, view: View, body: Any) -> None:
@@ -660,7 +332,7 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
         def change(st: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
             gen = obj["metadata"].get("generation")
             current = out.team_id if out is not None else team_id
-            st = _status_ok(st, obj, current, view, name) if (out is not None or not findings) else st
+            st = membership.status_ok(st, obj, current, view, name) if (out is not None or not findings) else st
             conds = st.get("conditions")
             if not findings:
                 conds = set_condition(conds, "Drifted", False, "InSync", "LiteLLM matches this group", gen)

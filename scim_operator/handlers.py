@@ -12,7 +12,7 @@ from typing import Any
 import kopf
 
 from scim_contract import API_GROUP, GROUP, POLICY, SHARD, USER, VERSION
-from scim_operator import group_keys, groups, key_secrets, policies, policy_sync, users
+from scim_operator import group_keys, groups, key_secrets, membership, policies, policy_sync, users
 from scim_operator.context import Operator, connection_info
 from scim_operator.policies import GroupEntry, Policy
 from scim_operator.state import UserEntry, View
@@ -120,7 +120,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
     # ---- ScimMemberShard: differences, no finalizer, nothing written to the shard ------------
     @kopf.on.event(API_GROUP, VERSION, SHARD.plural, id="shard", registry=registry)
     async def shard_event(event: kopf.RawEvent, body: kopf.Body, **kw: Any) -> None:
-        await groups.shard_changed(op, view(kw), event.get("type"), body)
+        await membership.shard_changed(op, view(kw), event.get("type"), body)
 
     # ---- ScimTeamPolicy, group labels, key rotation ------------------------------------------
     @kopf.index(API_GROUP, VERSION, POLICY.plural, id="policy_index", registry=registry)

@@ -14,7 +14,7 @@ import kopf
 from pydantic import ValidationError
 
 from scim_contract import USER, ScimUserSpec
-from scim_operator import group_keys, groups, metrics
+from scim_operator import group_keys, membership, metrics
 from scim_operator.context import NotOwned, Operator, failure_reason, reconcile_failed, retry_later
 from scim_operator.litellm_api import LiteLLMError
 from scim_operator.objects import (
@@ -152,7 +152,7 @@ async def apply_user(
         for group in view.groups_of(name):
             team_id = op.memory.teams.ids.get(group)
             if team_id is not None:
-                groups.join_later(op, view, group, team_id, desired.user_id)
+                membership.join_later(op, view, group, team_id, desired.user_id)
     return out
 
 

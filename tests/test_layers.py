@@ -119,8 +119,9 @@ OPERATOR_LAYERS = {
     "main": 7,  # the process
     "handlers": 6,  # every Kopf registration, nothing else
     "users": 5,  # reconcilers that start from one resource
+    "groups": 5,
     "policy_sync": 5,
-    "groups": 4,
+    "membership": 4,  # a group's members, and its status from what was applied
     "group_keys": 4,
     "keys": 3,  # the keys of one group
     "context": 2,  # what every reconciler is handed
