@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ from scim_operator.objects import failed_status
 from scim_operator.resources import Resources, emit
 from scim_operator.secrets_api import Secrets
 from scim_operator.state import Memory
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -90,3 +93,18 @@ async def reconcile_failed(
     metrics.FAILURES.labels(label, failure_reason(exc)).inc()
     await op.resources.update_status(kind, name, failed_status(failure_reason(exc), str(exc)))
     raise retry_later(exc, retry) from None
+
+
+async def drift_check_failed(op: Operator, kind: ResourceKind, name: str, exc: LiteLLMError) -> None:
+    """A drift check that could not ask LiteLLM: logged, and ``Synced=False`` with the reason."""
+    log.warning(f"drift check of {kind.kind} failed", extra={"fields": {"name": name, "error": str(exc)}})
+    await op.resources.update_status(kind, name, failed_status(failure_reason(exc), str(exc)))
+
+
+def drift_events(body: Any, findings: list[str], corrected: str | None) -> None:
+    """The Events of a drift check that found something; ``corrected``: what was corrected, if so."""
+    if findings:
+        text = "; ".join(findings)
+        emit(body, "DriftDetected", text, warning=True)
+        if corrected is not None:
+            emit(body, "DriftCorrected", f"{corrected} corrected: {text}")

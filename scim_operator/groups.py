@@ -12,17 +12,15 @@ import kopf
 from pydantic import ValidationError
 
 from scim_contract import GROUP, ScimGroupSpec, TeamSettings
-from scim_operator import keys, membership, metrics, policies
+from scim_operator import context, keys, membership, metrics, policies
 from scim_operator.context import NotOwned, Operator, failure_reason, reconcile_failed, retry_later
 from scim_operator.litellm_api import LiteLLMError
 from scim_operator.objects import (
-    failed_status,
+    drift_condition,
     membership_differences,
     merged_metadata,
-    now,
     owner_value,
     ownership,
-    set_condition,
     team_id_for,
     team_members,
     user_id_for,
@@ -322,30 +320,15 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
         except NotOwned:
             return
         except LiteLLMError as exc:
-            log.warning(
-                "drift check of ScimGroup failed", extra={"fields": {"name": name, "error": str(exc)}}
-            )
-            await op.resources.update_status(GROUP, name, failed_status(failure_reason(exc), str(exc)))
+            await context.drift_check_failed(op, GROUP, name, exc)
             return
-        text = "; ".join(findings)
 
         def change(st: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
             gen = obj["metadata"].get("generation")
             current = out.team_id if out is not None else team_id
             st = membership.status_ok(st, obj, current, view, name) if (out is not None or not findings) else st
-            conds = st.get("conditions")
-            if not findings:
-                conds = set_condition(conds, "Drifted", False, "InSync", "LiteLLM matches this group", gen)
-            elif out is not None:
-                conds = set_condition(
-                    conds, "Drifted", False, "Corrected", f"corrected at {now()}: {text}", gen
-                )
-            else:
-                conds = set_condition(conds, "Drifted", True, "DriftDetected", text, gen)
+            conds = drift_condition(st.get("conditions"), findings, out is not None, "LiteLLM matches this group", gen)
             return {**st, "conditions": conds}
 
         await op.resources.update_status(GROUP, name, change)
-    if findings:
-        emit(body, "DriftDetected", text, warning=True)
-        if out is not None:
-            emit(body, "DriftCorrected", f"LiteLLM team {team_id} corrected: {text}")
+    context.drift_events(body, findings, f"LiteLLM team {team_id}" if out is not None else None)

@@ -14,13 +14,13 @@ import kopf
 from pydantic import ValidationError
 
 from scim_contract import USER, ScimUserSpec
-from scim_operator import group_keys, membership, metrics
+from scim_operator import context, group_keys, membership, metrics
 from scim_operator.context import NotOwned, Operator, failure_reason, reconcile_failed, retry_later
 from scim_operator.litellm_api import LiteLLMError
 from scim_operator.objects import (
     DesiredUser,
     desired_user,
-    failed_status,
+    drift_condition,
     merged_metadata,
     now,
     ownership,
@@ -289,8 +289,7 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
         except NotOwned:
             return
         except LiteLLMError as exc:
-            log.warning("drift check of ScimUser failed", extra={"fields": {"name": name, "error": str(exc)}})
-            await op.resources.update_status(USER, name, failed_status(failure_reason(exc), str(exc)))
+            await context.drift_check_failed(op, USER, name, exc)
             return
         await _report_drift(op, view, body, name, findings, out)
 
@@ -298,15 +297,12 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
 async def _report_drift(
     op: Operator, view: View, body: Any, name: str, findings: list[str], out: Outcome | None
 ) -> None:
-    text = "; ".join(findings)
-
     def change(st: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
         gen = obj["metadata"].get("generation")
         if out is not None:
             st = _status_ok(st, obj, out, view, name)
-        conds = st.get("conditions")
+        conds = drift_condition(st.get("conditions"), findings, out is not None, "LiteLLM matches this resource", gen)
         if not findings:
-            conds = set_condition(conds, "Drifted", False, "InSync", "LiteLLM matches this resource", gen)
             previous = next((c for c in conds if c.get("type") == "Synced"), None)
             if previous and previous.get("status") != "True":
                 conds = set_condition(conds, "Synced", True, "Synced", "LiteLLM reachable and matching", gen)
@@ -318,14 +314,7 @@ async def _report_drift(
                     "LiteLLM user matches this resource",
                     gen,
                 )
-        elif out is not None:
-            conds = set_condition(conds, "Drifted", False, "Corrected", f"corrected at {now()}: {text}", gen)
-        else:
-            conds = set_condition(conds, "Drifted", True, "DriftDetected", text, gen)
         return {**st, "conditions": conds}
 
     await op.resources.update_status(USER, name, change)
-    if findings:
-        emit(body, "DriftDetected", text, warning=True)
-        if out is not None:
-            emit(body, "DriftCorrected", f"LiteLLM user {out.user_id} corrected: {text}")
+    context.drift_events(body, findings, f"LiteLLM user {out.user_id}" if out is not None else None)
