@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 import random
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
 
+from scim_common import kube
 from scim_common.settings import OperatorSettings
 from scim_contract import ResourceKind
 from scim_operator import metrics
@@ -15,7 +18,10 @@ from scim_operator.bookkeeping import StatusDiffBase
 from scim_operator.litellm_api import LiteLLM, LiteLLMError
 from scim_operator.objects import failed_status
 from scim_operator.resources import Resources, emit
+from scim_operator.secrets_api import Secrets
 from scim_operator.state import Memory
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -23,6 +29,7 @@ class Operator:
     settings: OperatorSettings
     litellm: LiteLLM
     resources: Resources
+    secrets: Secrets
     memory: Memory
     diffbase: StatusDiffBase
 
@@ -33,6 +40,28 @@ class Operator:
     def jittered_drift_interval(self) -> float:
         # +-20 %: thousands of resources created together must not all hit LiteLLM in the same second.
         return float(self.settings.drift_interval) * random.uniform(0.8, 1.2)  # noqa: S311
+
+
+async def connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
+    """Kopf's credentials from the same source as our own client: --kubeconfig, in-cluster, $KUBECONFIG."""
+    api = await kube.api_client(kubeconfig)
+    async with api:
+        cfg = api.configuration
+        header: Any = cfg.get_api_key_with_prefix("BearerToken")
+        if inspect.isawaitable(header):
+            header = await header
+        scheme, _, token = str(header or "").partition(" ")
+        if not token:
+            scheme, token = "Bearer", scheme
+        return kopf.ConnectionInfo(
+            server=str(cfg.host),
+            ca_path=cfg.ssl_ca_cert,
+            insecure=not cfg.verify_ssl,
+            scheme=scheme if token else None,
+            token=token or None,
+            certificate_path=cfg.cert_file,
+            private_key_path=cfg.key_file,
+        )
 
 
 class NotOwned(Exception):
@@ -64,3 +93,18 @@ async def reconcile_failed(
     metrics.FAILURES.labels(label, failure_reason(exc)).inc()
     await op.resources.update_status(kind, name, failed_status(failure_reason(exc), str(exc)))
     raise retry_later(exc, retry) from None
+
+
+async def drift_check_failed(op: Operator, kind: ResourceKind, name: str, exc: LiteLLMError) -> None:
+    """A drift check that could not ask LiteLLM: logged, and ``Synced=False`` with the reason."""
+    log.warning(f"drift check of {kind.kind} failed", extra={"fields": {"name": name, "error": str(exc)}})
+    await op.resources.update_status(kind, name, failed_status(failure_reason(exc), str(exc)))
+
+
+def drift_events(body: Any, findings: list[str], corrected: str | None) -> None:
+    """The Events of a drift check that found something; ``corrected``: what was corrected, if so."""
+    if findings:
+        text = "; ".join(findings)
+        emit(body, "DriftDetected", text, warning=True)
+        if corrected is not None:
+            emit(body, "DriftCorrected", f"{corrected} corrected: {text}")

@@ -1,47 +1,35 @@
-"""ScimGroup -> LiteLLM team; its ScimMemberShards -> team members.
-
-Two paths keep members right: the group handler (create/resume/drift) compares the whole team with
-the union of the shards (level-based, used after restarts), and the shard handler applies only the
-difference between a shard's previous and new member list, so one member added to a 50,000-member
-group costs one LiteLLM call."""
+"""ScimGroup -> LiteLLM team: ensure it (create, adopt, settings of the policy in force), move it when
+its team id changes, delete or keep it, and find drift. The group handler also compares the whole
+team with the union of the shards (level-based, used after restarts) through ``membership``."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
-from scim_contract import GROUP, USER, ScimGroupSpec
-from scim_operator import keys, metrics, policies
+from scim_contract import GROUP, ScimGroupSpec, TeamSettings
+from scim_operator import context, keys, membership, metrics, policies
 from scim_operator.context import NotOwned, Operator, failure_reason, reconcile_failed, retry_later
 from scim_operator.litellm_api import LiteLLMError
 from scim_operator.objects import (
-    failed_status,
+    drift_condition,
     membership_differences,
     merged_metadata,
-    now,
     owner_value,
     ownership,
-    set_condition,
     team_id_for,
     team_members,
     user_id_for,
 )
 from scim_operator.policies import Policy
-from scim_operator.resources import emit, ref
+from scim_operator.resources import emit
 from scim_operator.state import View
 
 log = logging.getLogger(__name__)
-
-# Members per /team/member_add call: one call for ordinary groups, bounded bodies for huge ones.
-ADD_BATCH = 500
-
 
 @dataclass
 class Outcome:
@@ -58,106 +46,25 @@ def _spec(body: Any) -> ScimGroupSpec:
         raise kopf.PermanentError(f"invalid ScimGroup spec: {exc.errors()[0]['msg']}") from None
 
 
-def _names(ids: list[str], display: dict[str, str], limit: int = 10) -> str:
-    shown = ", ".join(display.get(i, i) for i in ids[:limit])
-    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+def team_id_of(op: Operator, policy: Policy | None, name: str, spec: ScimGroupSpec) -> str:
+    """The group's team id: the strategy of the policy in force, else the operator's default."""
+    strategy = (policy.spec.teamIdStrategy if policy else None) or op.settings.team_id_strategy
+    return team_id_for(name, spec, strategy)
 
 
-async def add_members(op: Operator, team_id: str, user_ids: list[str] | Callable[[], list[str]]) -> None:
-    """Adds in calls of at most ADD_BATCH members. ``user_ids`` may be a function: it is called when
-    LiteLLM can take the first call. During a bulk provisioning a team's addition queues behind other
-    teams' (LiteLLM serialises them), and the users that became ready meanwhile go in the same call:
-    one /team/member_add per team instead of several partial ones."""
-    chosen: list[str] = []
-
-    def first() -> list[str]:
-        chosen[:] = user_ids() if callable(user_ids) else user_ids
-        return chosen[:ADD_BATCH]
-
-    await _add_chunk(op, team_id, first)
-    for start in range(ADD_BATCH, len(chosen), ADD_BATCH):
-        await _add_chunk(op, team_id, functools.partial(list, chosen[start : start + ADD_BATCH]))
-
-
-async def _add_chunk(op: Operator, team_id: str, choose: Callable[[], list[str]]) -> None:
-    sent: list[str] = []
-
-    def pick() -> list[str]:
-        sent[:] = choose()
-        return sent
-
-    try:
-        await op.litellm.member_add(team_id, pick)
-    except LiteLLMError as exc:
-        if exc.transient:
-            op.memory.suspect_teams.add(team_id)
-        # LiteLLM adds a list in one database transaction with a 5 s limit: a busy proxy answers a
-        # large list with a 500 ("Transaction already closed"). Halves still get through, and a list
-        # that partly landed is harmless (members already in the team are skipped).
-        if exc.status < 500 or len(sent) < 2:
-            raise
-        log.info(
-            "member_add too large for LiteLLM right now; splitting",
-            extra={"fields": {"team": team_id, "members": len(sent), "error": exc.message[:200]}},
-        )
-        head, tail = sent[: len(sent) // 2], sent[len(sent) // 2 :]
-        await _add_chunk(op, team_id, functools.partial(list, head))
-        await _add_chunk(op, team_id, functools.partial(list, tail))
-
-
-async def remove_members(op: Operator, team_id: str, user_ids: list[str]) -> None:
-    try:
-        await asyncio.gather(*(op.litellm.member_delete(team_id, uid) for uid in user_ids))
-    except LiteLLMError as exc:
-        if exc.transient:
-            op.memory.suspect_teams.add(team_id)
-        raise
-
-
-# After a membership call failed with a 5xx or no answer, LiteLLM may still finish it later, or may
-# have lost part of a list (seen under load: members missing although a later call succeeded). Such a
-# team is compared with /team/info once things are quiet, until a comparison finds nothing to fix.
-VERIFY_AFTER = 5.0
-
-
-def verify_soon(op: Operator, view: View, group: str, team_id: str) -> None:
-    if team_id not in op.memory.suspect_teams or group in op.memory.verify_tasks:
-        return
-    task = asyncio.create_task(_verify(op, view, group, team_id))
-    op.memory.verify_tasks[group] = task
-
-
-async def _verify(op: Operator, view: View, group: str, team_id: str) -> None:
-    try:
-        while team_id in op.memory.suspect_teams:
-            await asyncio.sleep(VERIFY_AFTER)
-            async with op.memory.lock("group", group):
-                if op.memory.teams.get(group) != team_id:
-                    return
-                op.memory.suspect_teams.discard(team_id)
-                try:
-                    adds, removes = await compare_members(op, view, group, team_id)
-                except LiteLLMError:
-                    op.memory.suspect_teams.add(team_id)
-                    continue
-                if not (adds or removes):
-                    continue
-                log.warning(
-                    "membership repaired after LiteLLM failures",
-                    extra={"fields": {"team": team_id, "added": len(adds), "removed": len(removes)}},
-                )
-                target = await op.resources.update_status(GROUP, group, _ok(team_id, view, group))
-            if target is not None:
-                gref = ref(GROUP, op.namespace, group, target["metadata"].get("uid"))
-                emit(
-                    gref,
-                    "MembersRepaired",
-                    f"re-applied {len(adds)} addition(s) and {len(removes)} removal(s) "
-                    f"LiteLLM had not kept after failed calls to team {team_id}",
-                    warning=True,
-                )
-    finally:
-        op.memory.verify_tasks.pop(group, None)
+def _team_body(
+    op: Operator, name: str, spec: ScimGroupSpec, team_id: str, team: TeamSettings | None, metadata: Any
+) -> dict[str, Any]:
+    """The /team/new and /team/update request: the policy's settings, the alias, and the current
+    metadata with the policy's and the ownership tag merged in."""
+    return {
+        **policies.team_fields(team),
+        "team_id": team_id,
+        "team_alias": spec.displayName,
+        "metadata": merged_metadata(
+            policies.team_metadata(metadata, team), op.settings.owner_tag, op.namespace, name
+        ),
+    }
 
 
 async def _ensure_team(
@@ -170,16 +77,7 @@ async def _ensure_team(
     info = await op.litellm.team_info(team_id) if known else None
     if info is None:
         try:
-            await op.litellm.team_new(
-                {
-                    **policies.team_fields(team),
-                    "team_id": team_id,
-                    "team_alias": spec.displayName,
-                    "metadata": merged_metadata(
-                        policies.team_metadata({}, team), s.owner_tag, op.namespace, name
-                    ),
-                }
-            )
+            await op.litellm.team_new(_team_body(op, name, spec, team_id, team, {}))
             out.events.append(("Created", f"created LiteLLM team {team_id}"))
             return None
         except LiteLLMError as exc:
@@ -204,16 +102,7 @@ async def _ensure_team(
         await _refuse_busy_adoption(op, team_id, info)
     settings_differ = policies.team_differences(team, info)
     if info.get("team_alias") != spec.displayName or owner != "owned" or settings_differ:
-        await op.litellm.team_update(
-            {
-                **policies.team_fields(team),
-                "team_id": team_id,
-                "team_alias": spec.displayName,
-                "metadata": merged_metadata(
-                    policies.team_metadata(info.get("metadata"), team), s.owner_tag, op.namespace, name
-                ),
-            }
-        )
+        await op.litellm.team_update(_team_body(op, name, spec, team_id, team, info.get("metadata")))
         changes = list(settings_differ)
         if info.get("team_alias") != spec.displayName:
             changes.insert(0, f"alias {info.get('team_alias')!r} -> {spec.displayName!r}")
@@ -258,8 +147,9 @@ async def _leave_team(op: Operator, view: View, name: str, old: str, policy: Pol
         await op.litellm.team_delete(old)
         return [*done, "deleted it"]
     users, _ = view.group_member_ids(name)
-    leaving = sorted(set(team_members(info)) & ({user_id_for(u) for u in users} | view.memory.in_team.get(name, set())))
-    await remove_members(op, old, leaving)
+    ours = {user_id_for(u) for u in users} | view.memory.members.in_team.get(name, set())
+    leaving = sorted(set(team_members(info)) & ours)
+    await membership.remove_members(op, old, leaving)
     return [*done, f"removed {len(leaving)} member(s) from it, kept it (deletion policy 'keep')"]
 
 
@@ -267,9 +157,8 @@ async def apply_group(
     op: Operator, view: View, name: str, spec: ScimGroupSpec, known: bool = True, previous: str | None = None
 ) -> Outcome:
     """``previous``: the team id the group's status names, if any (what a changed id moves away from)."""
-    policy = policies.effective_for(view.policies, view.groups, name, spec.displayName, spec.externalId)
-    strategy = (policy.spec.teamIdStrategy if policy else None) or op.settings.team_id_strategy
-    team_id = team_id_for(name, spec, strategy)
+    policy = view.policy_of(name, spec.model_dump())
+    team_id = team_id_of(op, policy, name, spec)
     out = Outcome(team_id=team_id, members=0, policy=policy)
     info = await _ensure_team(op, name, spec, team_id, out, known)
     moved = previous is not None and previous != team_id
@@ -279,7 +168,7 @@ async def apply_group(
                                           + (f"; old team: {', '.join(done)}" if done else "")))
     # Mark the team usable, then read the desired members with no await in between: a shard change
     # either sees the team (and applies its own difference) or happened before this read.
-    op.memory.teams[name] = team_id
+    op.memory.teams.ids[name] = team_id
     current = team_members(info) if info is not None else {}
     desired = view.desired_members(name)
     shards = list(view.shards.get(name) or ())
@@ -293,84 +182,30 @@ async def apply_group(
             desired = view.desired_members(name)
             shards = list(view.shards.get(name) or ())
             adds, removes = membership_differences(desired, current)
-            op.memory.pending_joins.get(name, set()).difference_update(adds)
+            op.memory.members.pending_joins.get(name, set()).difference_update(adds)
             return adds
 
-        await add_members(op, team_id, newest_adds)
-    await remove_members(op, team_id, removes)
-    for shard, users, _nested in shards:
-        op.memory.applied_shards[shard] = frozenset(users)
-    op.memory.in_team[name] = set(desired)
+        await membership.add_members(op, team_id, newest_adds)
+    await membership.remove_members(op, team_id, removes)
+    membership.record_applied(op, name, shards, desired)
     # ScimUser name and LiteLLM user_id are the same (see user_id_for).
-    _count_groups_later(op, view, sorted({*adds, *removes}))
+    membership.count_groups_later(op, view, sorted({*adds, *removes}))
     if adds:
         out.events.append(
-            ("MembersAdded", f"added {len(adds)} member(s) to team {team_id}: {_names(adds, desired)}")
+            ("MembersAdded", f"added {len(adds)} member(s) to team {team_id}: {membership.names(adds, desired)}")
         )
     if removes:
         out.events.append(
             (
                 "MembersRemoved",
                 f"removed {len(removes)} member(s) from team {team_id}: "
-                f"{_names(removes, {u: view.display(u) for u in removes})}",
+                f"{membership.names(removes, {u: view.display(u) for u in removes})}",
             )
         )
     out.members = len(desired)
     out.events += await keys.sync_group(op, view, name, team_id, policy, reissue=moved)
-    op.memory.group_policies[name] = policies.version(policy)
+    op.memory.teams.policies[name] = policies.version(policy)
     return out
-
-
-async def compare_members(op: Operator, view: View, group: str, team_id: str) -> tuple[list[str], list[str]]:
-    """Make the team's members exactly the group's usable members, from a fresh /team/info.
-
-    Used after a failed membership call: a call that timed out may still have been applied (or be
-    in flight), so retrying the same difference blindly could race it; comparing again cannot."""
-    info = await op.litellm.team_info(team_id)
-    if info is None:
-        raise LiteLLMError(404, f"LiteLLM team {team_id} does not exist", endpoint="/team/info")
-    desired = view.desired_members(group)
-    shards = list(view.shards.get(group) or ())
-    adds, removes = membership_differences(desired, team_members(info))
-    await add_members(op, team_id, adds)
-    await remove_members(op, team_id, removes)
-    for shard, users, _nested in shards:
-        op.memory.applied_shards[shard] = frozenset(users)
-    op.memory.in_team[group] = set(desired)
-    op.memory.pending_joins.pop(group, None)
-    return adds, removes
-
-
-def _status_ok(
-    st: dict[str, Any], obj: dict[str, Any], team_id: str, view: View, name: str
-) -> dict[str, Any]:
-    gen = obj["metadata"].get("generation")
-    _, listed = view.group_member_ids(name)
-    # What LiteLLM was told and acknowledged, not what is desired: a pending difference must not
-    # look applied.
-    members = len(view.memory.in_team.get(name, ()))
-    conds = set_condition(
-        st.get("conditions"), "Synced", True, "Synced", f"LiteLLM team {team_id} matches this group", gen
-    )
-    conds = set_condition(
-        conds, "Ready", True, "TeamReady", f"LiteLLM team {team_id} has {members} member(s)", gen
-    )
-    if not any(c.get("type") == "Drifted" for c in conds):
-        conds = set_condition(conds, "Drifted", False, "InSync", "no drift found", gen)
-    return {
-        **st,
-        "observedGeneration": gen,
-        "lastSyncTime": now(),
-        "members": listed,
-        "litellm": {"teamId": team_id, "members": members},
-        "policy": view.memory.group_policies.get(name, ("", 0))[0],
-        "keys": keys.status_of(view.memory, name),
-        "conditions": keys.keys_condition(view.memory, name, conds, gen),
-    }
-
-
-def _ok(team_id: str, view: View, name: str) -> Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]:
-    return lambda st, obj: _status_ok(st, obj, team_id, view, name)
 
 
 async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
@@ -385,9 +220,10 @@ async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
             await reconcile_failed(op, GROUP, "group", body, exc, retry)
             return
         finally:
-            verify_soon(op, view, name, team_id_for(name, spec, op.settings.team_id_strategy))
+            # The team the membership calls went to: the policy's id strategy counts here too.
+            membership.verify_soon(op, view, name, team_id_of(op, view.policy_of(name, spec.model_dump()), name, spec))
         await op.resources.update_status(
-            GROUP, name, lambda st, o: _status_ok(st, o, out.team_id, view, name)
+            GROUP, name, lambda st, o: membership.status_ok(st, o, out.team_id, view, name)
         )
         metrics.RECONCILES.labels("group", "ok").inc()
         for reason, message in out.events:
@@ -397,12 +233,10 @@ async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
 async def delete(op: Operator, view: View, body: Any, retry: int) -> None:
     name = body["metadata"]["name"]
     team_id = (body.get("status") or {}).get("litellm", {}).get("teamId")
-    op.memory.teams.pop(name, None)
-    op.memory.in_team.pop(name, None)
+    op.memory.teams.ids.pop(name, None)
+    op.memory.members.in_team.pop(name, None)
     spec = dict(body.get("spec") or {})
-    policy = policies.effective_for(
-        view.policies, view.groups, name, str(spec.get("displayName") or ""), spec.get("externalId")
-    )
+    policy = view.policy_of(name, spec)
     try:
         # The group is gone: so are the keys it gave out, whatever happens to the team.
         left = await keys.revoke_group(op, name, body, policy)
@@ -412,8 +246,8 @@ async def delete(op: Operator, view: View, body: Any, retry: int) -> None:
         # Not worth holding the group for: the keys in these Secrets are deleted in LiteLLM already.
         emit(body, problem.reason, f"key Secrets not removed, their keys are deleted in LiteLLM: {problem}",
              warning=True)
-    op.memory.group_policies.pop(name, None)
-    op.memory.key_failures.pop(name, None)
+    op.memory.teams.policies.pop(name, None)
+    op.memory.keys.failures.pop(name, None)
     if not team_id:
         return
     if ((policy.spec.deletionPolicy if policy else None) or op.settings.deletion_policy) == "keep":
@@ -442,211 +276,17 @@ async def delete(op: Operator, view: View, body: Any, retry: int) -> None:
     emit(body, "Deleted", f"deleted LiteLLM team {team_id}")
 
 
-async def shard_changed(op: Operator, view: View, event_type: str | None, body: Any) -> None:
-    """A ScimMemberShard was listed, added, modified or deleted: apply its difference to the team.
-
-    Retries (with backoff) until LiteLLM accepts, so a difference is never dropped; meanwhile Kopf
-    coalesces further events of this shard, and the retry applies the newest content."""
-    shard = body["metadata"]["name"]
-    spec = body.get("spec") or {}
-    group = str(spec.get("group") or "")
-    if not group:
-        return
-    if event_type is None:
-        # Initial listing at start-up: the group's resume handler compares the whole team.
-        op.memory.applied_shards.setdefault(shard, frozenset(spec.get("users") or ()))
-        return
-    attempt = 0
-    while True:
-        async with op.memory.lock("group", group):
-            fresh = body.get("spec") or {}
-            users = frozenset() if event_type == "DELETED" else frozenset(fresh.get("users") or ())
-            team_id = op.memory.teams.get(group)
-            old = op.memory.applied_shards.get(shard, frozenset())
-            if team_id is None:
-                # The group's own handler will compare the whole team once the team exists.
-                op.memory.applied_shards[shard] = users
-                _count_groups_later(op, view, sorted(users ^ old))
-                return
-            display = {user_id_for(n): view.display(n) for n in users | old}
-            adds = [user_id_for(n) for n in sorted(users - old) if view.user_ready(n)]
-            removes = [
-                user_id_for(n)
-                for n in sorted(old - users)
-                if n in op.memory.ready_users or view.user_exists(n)
-            ]
-            try:
-                if attempt:
-                    adds, removes = await compare_members(op, view, group, team_id)
-                else:
-                    await add_members(op, team_id, adds)
-                    await remove_members(op, team_id, removes)
-            except LiteLLMError as exc:
-                metrics.FAILURES.labels("membership", failure_reason(exc)).inc()
-                await op.resources.update_status(GROUP, group, failed_status(failure_reason(exc), str(exc)))
-                attempt += 1
-                delay = min(30.0, 0.5 * 2 ** min(attempt, 6))
-                log.warning(
-                    "membership change not applied yet; retrying",
-                    extra={"fields": {"group": group, "shard": shard, "error": str(exc), "delay": delay}},
-                )
-            else:
-                op.memory.applied_shards[shard] = users
-                if not attempt:
-                    op.memory.in_team.setdefault(group, set()).update(adds)
-                    op.memory.in_team[group].difference_update(removes)
-                key_events = await _member_keys(op, view, group, team_id, users ^ old)
-                if adds or removes or key_events:
-                    _count_groups_later(op, view, sorted(users ^ old))
-                    target = await op.resources.update_status(GROUP, group, _ok(team_id, view, group))
-                    metrics.RECONCILES.labels("membership", "ok").inc()
-                    if target is not None:
-                        gref = ref(GROUP, op.namespace, group, target["metadata"].get("uid"))
-                        if adds:
-                            emit(
-                                gref,
-                                "MembersAdded",
-                                f"added {len(adds)} member(s) to team {team_id}: {_names(adds, display)}",
-                            )
-                        if removes:
-                            emit(
-                                gref,
-                                "MembersRemoved",
-                                f"removed {len(removes)} member(s) from team {team_id}: "
-                                f"{_names(removes, display)}",
-                            )
-                        for reason, message in key_events:
-                            emit(gref, reason, message)
-                verify_soon(op, view, group, team_id)
-                return
-        verify_soon(op, view, group, team_id)
-        await asyncio.sleep(delay)
-
-
-async def _member_keys(
-    op: Operator, view: View, group: str, team_id: str, changed: frozenset[str]
-) -> list[tuple[str, str]]:
-    """Personal keys follow membership: issued on join, revoked on leave. A failure here is
-    logged and left to the group's next reconcile or drift check (the membership itself is done)."""
-    if not changed:
-        return []
-    fresh = await op.resources.get(GROUP, group)
-    if fresh is None:
-        return []
-    spec = dict(fresh.get("spec") or {})
-    policy = policies.effective_for(
-        view.policies, view.groups, group, str(spec.get("displayName") or ""), spec.get("externalId")
-    )
-    try:
-        return await keys.sync_group(op, view, group, team_id, policy, only=set(changed))
-    except (LiteLLMError, keys.KeyDeliveryError) as exc:
-        log.warning("member keys not updated yet", extra={"fields": {"group": group, "error": str(exc)}})
-        return [("KeysFailed", f"member keys not updated yet: {exc}")]
-
-
-# Users that become usable while their groups' teams already exist join in batches: a burst of
-# new users (initial provisioning) costs one /team/member_add per team, not one per membership.
-JOIN_WINDOW = 0.1
-
-
-def join_later(op: Operator, view: View, group: str, team_id: str, user_id: str) -> None:
-    pending = op.memory.pending_joins.setdefault(group, set())
-    pending.add(user_id)
-    if group not in op.memory.join_tasks:
-        task = asyncio.create_task(_flush_joins(op, view, group, team_id))
-        op.memory.join_tasks[group] = task
-
-
-async def _flush_joins(op: Operator, view: View, group: str, team_id: str) -> None:
-    attempt = 0
-    try:
-        while True:
-            await asyncio.sleep(JOIN_WINDOW if attempt == 0 else min(30.0, 0.5 * 2 ** min(attempt, 6)))
-            async with op.memory.lock("group", group):
-                if not op.memory.pending_joins.get(group) or op.memory.teams.get(group) != team_id:
-                    return  # nothing left, or the group was deleted meanwhile
-                batch: list[str] = []
-
-                def take(batch: list[str] = batch) -> list[str]:
-                    # Taken when LiteLLM can take the call: joins that arrive while it queues go in too.
-                    batch[:] = sorted(op.memory.pending_joins.pop(group, set()))
-                    return batch
-
-                try:
-                    if attempt:
-                        batch, _ = await compare_members(op, view, group, team_id)
-                    else:
-                        await add_members(op, team_id, take)
-                        op.memory.in_team.setdefault(group, set()).update(batch)
-                except LiteLLMError as exc:
-                    op.memory.pending_joins.setdefault(group, set()).update(batch)
-                    attempt += 1
-                    metrics.FAILURES.labels("membership", failure_reason(exc)).inc()
-                    await op.resources.update_status(GROUP, group, failed_status(failure_reason(exc), str(exc)))
-                    verify_soon(op, view, group, team_id)
-                    continue
-                if not batch and not attempt:
-                    continue  # the group's own reconcile took these members into its call
-                attempt = 0
-                verify_soon(op, view, group, team_id)
-                target = await op.resources.update_status(GROUP, group, _ok(team_id, view, group))
-            if target is not None and batch:
-                gref = ref(GROUP, op.namespace, group, target["metadata"].get("uid"))
-                emit(
-                    gref,
-                    "MembersAdded",
-                    f"added {len(batch)} member(s) to team {team_id}: "
-                    f"{_names(batch, {u: view.display(u) for u in batch})}",
-                )
-    finally:
-        op.memory.join_tasks.pop(group, None)
-
-
-# A burst of group changes (initial provisioning: every user lands in several groups) refreshes each
-# user's count once per window, not once per group.
-RECOUNT_WINDOW = 1.0
-
-
-def _count_groups_later(op: Operator, view: View, names: list[str]) -> None:
-    """Refresh status.groups of users whose memberships changed, off the membership path."""
-    op.memory.recount_users.update(names)
-    if op.memory.recount_task is None or op.memory.recount_task.done():
-        op.memory.recount_task = asyncio.create_task(_recount(op, view))
-
-
-async def _recount(op: Operator, view: View) -> None:
-    while op.memory.recount_users:
-        await asyncio.sleep(RECOUNT_WINDOW)
-        batch = sorted(op.memory.recount_users)
-        op.memory.recount_users.clear()
-        for name in batch:
-            # A user not synced yet counts its groups in its own first status write.
-            if not view.user_exists(name) or not view.user_ready(name):
-                continue
-            try:
-                async with op.memory.lock("user", name):
-                    await op.resources.update_status(
-                        USER,
-                        name,
-                        lambda st, _o, n=name: {**st, "groups": len(view.groups_of(n))},  # type: ignore[misc]
-                    )
-            except Exception as exc:  # a count is cosmetic: the user's next reconcile or drift check fixes it
-                log.warning(
-                    "group count of ScimUser not refreshed", extra={"fields": {"name": name, "error": str(exc)}}
-                )
-
-
 async def check_drift(op: Operator, view: View, body: Any) -> None:
     """The drift timer of a ScimGroup."""
     name = body["metadata"]["name"]
     team_id = (body.get("status") or {}).get("litellm", {}).get("teamId")
-    if not team_id or name not in op.memory.teams:
+    if not team_id or name not in op.memory.teams.ids:
         return
     try:
         spec = _spec(body)
     except kopf.PermanentError:
         return
-    policy = policies.effective_for(view.policies, view.groups, name, spec.displayName, spec.externalId)
+    policy = view.policy_of(name, spec.model_dump())
     drift_policy = (policy.spec.driftPolicy if policy else None) or op.settings.drift_policy
     async with op.memory.lock("group", name):
         try:
@@ -659,7 +299,7 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
                     findings.append(
                         f"team alias is {info.get('team_alias')!r}, expected {spec.displayName!r}"
                     )
-                if policies.version(policy) != op.memory.group_policies.get(name):
+                if policies.version(policy) != op.memory.teams.policies.get(name):
                     findings.append(f"policy in effect is now {policies.version(policy)[0] or 'none'}")
                 findings += policies.team_differences(policy.spec.team if policy else None, info)
                 desired = view.desired_members(name)
@@ -680,30 +320,15 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
         except NotOwned:
             return
         except LiteLLMError as exc:
-            log.warning(
-                "drift check of ScimGroup failed", extra={"fields": {"name": name, "error": str(exc)}}
-            )
-            await op.resources.update_status(GROUP, name, failed_status(failure_reason(exc), str(exc)))
+            await context.drift_check_failed(op, GROUP, name, exc)
             return
-        text = "; ".join(findings)
 
         def change(st: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
             gen = obj["metadata"].get("generation")
             current = out.team_id if out is not None else team_id
-            st = _status_ok(st, obj, current, view, name) if (out is not None or not findings) else st
-            conds = st.get("conditions")
-            if not findings:
-                conds = set_condition(conds, "Drifted", False, "InSync", "LiteLLM matches this group", gen)
-            elif out is not None:
-                conds = set_condition(
-                    conds, "Drifted", False, "Corrected", f"corrected at {now()}: {text}", gen
-                )
-            else:
-                conds = set_condition(conds, "Drifted", True, "DriftDetected", text, gen)
+            st = membership.status_ok(st, obj, current, view, name) if (out is not None or not findings) else st
+            conds = drift_condition(st.get("conditions"), findings, out is not None, "LiteLLM matches this group", gen)
             return {**st, "conditions": conds}
 
         await op.resources.update_status(GROUP, name, change)
-    if findings:
-        emit(body, "DriftDetected", text, warning=True)
-        if out is not None:
-            emit(body, "DriftCorrected", f"LiteLLM team {team_id} corrected: {text}")
+    context.drift_events(body, findings, f"LiteLLM team {team_id}" if out is not None else None)

@@ -1,44 +1,35 @@
-"""The Kopf registrations: thin functions that build the membership view from Kopf's indexes and
-delegate to ``users`` and ``groups``. Everything is registered into one registry built at start-up,
-so the settings (drift interval, namespace) are plain values, not module globals."""
+"""Every Kopf registration of the operator, and nothing else: the indexes, handlers, daemons and
+timers, each a few lines that build the view from Kopf's indexes and hand off to a reconciler
+(``users``, ``groups``, ``group_keys``, ``policy_sync``). Everything is registered into one registry
+built at start-up, so the settings (drift interval, namespace) are plain values, not module globals."""
 
 from __future__ import annotations
 
-import inspect
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
 
-from scim_common import kube
-from scim_contract import API_GROUP, GROUP, SHARD, USER, VERSION
-from scim_operator import groups, policy_handlers, users
-from scim_operator.context import Operator
+from scim_contract import API_GROUP, GROUP, POLICY, SHARD, USER, VERSION
+from scim_operator import group_keys, groups, key_secrets, membership, policies, policy_sync, users
+from scim_operator.context import Operator, connection_info
+from scim_operator.policies import GroupEntry, Policy
 from scim_operator.state import UserEntry, View
 
 log = logging.getLogger(__name__)
 
 
-async def connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
-    """Kopf's credentials from the same source as our own client: --kubeconfig, in-cluster, $KUBECONFIG."""
-    api = await kube.api_client(kubeconfig)
-    async with api:
-        cfg = api.configuration
-        header: Any = cfg.get_api_key_with_prefix("BearerToken")
-        if inspect.isawaitable(header):
-            header = await header
-        scheme, _, token = str(header or "").partition(" ")
-        if not token:
-            scheme, token = "Bearer", scheme
-        return kopf.ConnectionInfo(
-            server=str(cfg.host),
-            ca_path=cfg.ssl_ca_cert,
-            insecure=not cfg.verify_ssl,
-            scheme=scheme if token else None,
-            token=token or None,
-            certificate_path=cfg.cert_file,
-            private_key_path=cfg.key_file,
-        )
+
+async def every_drift_interval(
+    op: Operator, stopped: kopf.DaemonStopped, check: Callable[[], Awaitable[None]]
+) -> None:
+    """A drift daemon: one check per (jittered) drift interval until the resource goes away."""
+    while not stopped:
+        await stopped.wait(op.jittered_drift_interval())
+        if stopped:
+            return
+        await check()
 
 
 def build_registry(op: Operator) -> kopf.OperatorRegistry:
@@ -101,17 +92,13 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
     @kopf.on.delete(API_GROUP, VERSION, USER.plural, id="user-delete", registry=registry)
     async def user_deleted(body: kopf.Body, retry: int, **kw: Any) -> None:
         await users.delete(op, body, retry)
-        await policy_handlers.user_keys(op, view(kw), body["metadata"]["name"])
+        await group_keys.user_keys(op, view(kw), body["metadata"]["name"])
 
     @kopf.daemon(
         API_GROUP, VERSION, USER.plural, id="user-drift", cancellation_timeout=5.0, registry=registry
     )
     async def user_drift(stopped: kopf.DaemonStopped, body: kopf.Body, **kw: Any) -> None:
-        while not stopped:
-            await stopped.wait(op.jittered_drift_interval())
-            if stopped:
-                return
-            await users.check_drift(op, view(kw), body)
+        await every_drift_interval(op, stopped, lambda: users.check_drift(op, view(kw), body))
 
     # ---- ScimGroup ---------------------------------------------------------------------------
     @kopf.on.resume(API_GROUP, VERSION, GROUP.plural, id="group-resume", registry=registry)
@@ -128,17 +115,52 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         API_GROUP, VERSION, GROUP.plural, id="group-drift", cancellation_timeout=5.0, registry=registry
     )
     async def group_drift(stopped: kopf.DaemonStopped, body: kopf.Body, **kw: Any) -> None:
-        while not stopped:
-            await stopped.wait(op.jittered_drift_interval())
-            if stopped:
-                return
-            await groups.check_drift(op, view(kw), body)
+        await every_drift_interval(op, stopped, lambda: groups.check_drift(op, view(kw), body))
 
     # ---- ScimMemberShard: differences, no finalizer, nothing written to the shard ------------
     @kopf.on.event(API_GROUP, VERSION, SHARD.plural, id="shard", registry=registry)
     async def shard_event(event: kopf.RawEvent, body: kopf.Body, **kw: Any) -> None:
-        await groups.shard_changed(op, view(kw), event.get("type"), body)
+        await membership.shard_changed(op, view(kw), event.get("type"), body)
 
     # ---- ScimTeamPolicy, group labels, key rotation ------------------------------------------
-    policy_handlers.register(registry, op, view)
+    @kopf.index(API_GROUP, VERSION, POLICY.plural, id="policy_index", registry=registry)
+    async def policy_index(name: str, meta: Any, spec: Any, **_: Any) -> dict[str, Policy]:
+        if meta.get("deletionTimestamp"):
+            return {}
+        parsed = policies.parse_policy(name, int(meta.get("generation") or 0), dict(spec))
+        return {name: parsed} if parsed is not None else {}
+
+    @kopf.index(API_GROUP, VERSION, GROUP.plural, id="group_index", registry=registry)
+    async def group_index(name: str, meta: Any, spec: Any, status: Any, **_: Any) -> dict[str, GroupEntry]:
+        if meta.get("deletionTimestamp"):
+            return {}
+        return {name: policies.group_entry(name, dict(spec), dict(meta.get("labels") or {}), dict(status))}
+
+    @kopf.on.event(API_GROUP, VERSION, POLICY.plural, id="policy-changed", registry=registry)
+    async def policy_changed(event: kopf.RawEvent, **kw: Any) -> None:
+        if event.get("type") is None:
+            return  # initial listing: every group's resume handler already uses the indexes
+        await policy_sync.reapply(op, view(kw))
+
+    @kopf.on.field(API_GROUP, VERSION, GROUP.plural, id="group-labels", field="metadata.labels", registry=registry)
+    async def labels_changed(name: str, **kw: Any) -> None:
+        await policy_sync.reapply(op, view(kw), only={name})
+
+    @kopf.on.field(
+        API_GROUP, VERSION, GROUP.plural, id="group-rotate-keys",
+        field=("metadata", "annotations", key_secrets.ANNOTATION_ROTATE), registry=registry,
+    )
+    async def rotate_requested(name: str, new: Any, retry: int, **kw: Any) -> None:
+        if new:
+            await group_keys.rotate(op, view(kw), name, retry)
+
+    @kopf.daemon(API_GROUP, VERSION, GROUP.plural, id="group-keys", cancellation_timeout=5.0, registry=registry)
+    async def key_timer(stopped: kopf.DaemonStopped, name: str, body: kopf.Body, **kw: Any) -> None:
+        await group_keys.run_timer(op, lambda: view(kw), stopped, name, body)
+
+    @kopf.timer(API_GROUP, VERSION, POLICY.plural, id="policy-status", interval=policy_sync.STATUS_INTERVAL,
+                registry=registry)
+    async def policy_status(name: str, body: kopf.Body, **kw: Any) -> None:
+        await policy_sync.refresh_status(op, view(kw), name, body)
+
     return registry

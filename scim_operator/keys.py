@@ -23,31 +23,16 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from kubernetes_asyncio.client.exceptions import ApiException
-
-from scim_common import kube
 from scim_contract import GROUP, KeySpec
 from scim_operator import key_secrets as ks
 from scim_operator.context import Operator
 from scim_operator.litellm_api import LiteLLMError
 from scim_operator.objects import owner_value, set_condition, user_id_for
 from scim_operator.policies import Policy, seconds
+from scim_operator.secrets_api import KeyDeliveryError
 from scim_operator.state import Memory, View
 
 log = logging.getLogger(__name__)
-
-
-FORBIDDEN = "Forbidden"
-DELIVERY_FAILED = "KeyDeliveryFailed"
-
-
-class KeyDeliveryError(Exception):
-    """A key could not be delivered (Secret not writable, alias held by someone else). ``reason`` is
-    the condition reason: ``Forbidden`` when RBAC refused the Secret request."""
-
-    def __init__(self, message: str, reason: str = DELIVERY_FAILED) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 Events = list[tuple[str, str]]
@@ -70,7 +55,7 @@ def key_namespaces(op: Operator, group: str, policy: Policy | None, recorded: It
     Secret access only in the namespaces keys are delivered to, not in the operator's own."""
     member, team = _specs(policy)
     wanted = {ns for spec in (member, team) if spec is not None for ns in _namespaces(op, spec)}
-    return wanted | set(recorded) | {ns for ns, _ in op.memory.group_keys.get(group) or ()}
+    return wanted | set(recorded) | {ns for ns, _ in op.memory.keys.delivered.get(group) or ()}
 
 
 def recorded_namespaces(body: Any) -> list[str]:
@@ -96,7 +81,7 @@ def desired_keys(
 
 
 def status_of(memory: Memory, group: str) -> dict[str, Any]:
-    delivered = memory.group_keys.get(group) or set()
+    delivered = memory.keys.delivered.get(group) or set()
     return {"issued": len(delivered), "namespaces": sorted({ns for ns, _ in delivered})}
 
 
@@ -105,12 +90,12 @@ def keys_condition(
 ) -> list[dict[str, Any]]:
     """``KeysDelivered`` on groups that have or had keys: False with the reason while a key cannot
     be delivered (the Events name each Secret)."""
-    failure = memory.key_failures.get(group)
+    failure = memory.keys.failures.get(group)
     if failure is not None:
         reason, message = failure
         return set_condition(conditions, "KeysDelivered", False, reason, message, generation)
-    if memory.group_keys.get(group) or any(c.get("type") == "KeysDelivered" for c in conditions or []):
-        issued = len(memory.group_keys.get(group) or ())
+    if memory.keys.delivered.get(group) or any(c.get("type") == "KeysDelivered" for c in conditions or []):
+        issued = len(memory.keys.delivered.get(group) or ())
         return set_condition(
             conditions, "KeysDelivered", True, "Delivered", f"{issued} key Secret(s) delivered", generation
         )
@@ -124,80 +109,6 @@ def wants_keys(policy: Policy | None) -> bool:
 
 def wants_member_keys(policy: Policy | None) -> bool:
     return _specs(policy)[0] is not None
-
-
-# ---- Secrets -------------------------------------------------------------------------------------
-def _refused(exc: ApiException, verb: str, namespace: str, name: str | None = None) -> KeyDeliveryError:
-    # Verb, resource and place only: the API server's error body may quote the request.
-    request = kube.Request(verb, "secrets", namespace, name)
-    message = kube.refusal(exc, request) or f"cannot {request}: HTTP {exc.status} {exc.reason or ''}".rstrip()
-    return KeyDeliveryError(message, FORBIDDEN if exc.status == 403 else DELIVERY_FAILED)
-
-
-async def list_delivered(
-    op: Operator, namespaces: Iterable[str], group: str, user: str | None = None
-) -> list[ks.Delivered]:
-    """The group's key Secrets (only ``user``'s when given: one user's change lists a few Secrets,
-    not the whole group's)."""
-    found: list[ks.Delivered] = []
-    selector = ks.group_selector(op.namespace, group)
-    if user is not None:
-        selector += f",{ks.LABEL_USER}={ks.label_value(user)}"
-    for ns in sorted(set(namespaces)):
-        try:
-            listing = await op.resources.core.list_namespaced_secret(ns, label_selector=selector)
-        except ApiException as exc:
-            if exc.status == 404:
-                continue
-            raise _refused(exc, "list", ns) from None
-        for item in listing.items:
-            delivered = ks.read(item.to_dict())
-            if (delivered is not None and delivered.ref.group == group
-                    and delivered.ref.source_namespace == op.namespace):
-                found.append(delivered)
-    return found
-
-
-async def _write(op: Operator, secret: dict[str, Any]) -> None:
-    body: Any = secret  # the client sends a dict as it is
-    ns, name = secret["metadata"]["namespace"], secret["metadata"]["name"]
-    try:
-        await op.resources.core.create_namespaced_secret(ns, body)
-        return
-    except ApiException as exc:
-        if exc.status != 409:
-            raise _refused(exc, "create", ns) from None
-    try:
-        found = await op.resources.core.read_namespaced_secret(name, ns)
-    except ApiException as exc:
-        raise _refused(exc, "get", ns, name) from None
-    current, mine = ks.read(found.to_dict()), ks.read(secret)
-    if current is None or mine is None or current.ref != mine.ref:
-        # Someone else's Secret with our name: never overwrite it.
-        raise KeyDeliveryError(f"Secret {ns}/{name} exists and is not managed by this operator")
-    # Conditional on the version read: a concurrent writer makes this fail (409) instead of losing a key.
-    body = {**secret, "metadata": {**secret["metadata"], "resourceVersion": found.metadata.resource_version}}
-    try:
-        await op.resources.core.replace_namespaced_secret(name, ns, body)
-    except ApiException as exc:
-        raise _refused(exc, "update", ns, name) from None
-
-
-async def _remove(op: Operator, ns: str, name: str) -> None:
-    try:
-        await op.resources.core.delete_namespaced_secret(name, ns)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise _refused(exc, "delete", ns, name) from None
-
-
-async def _set_retiring(op: Operator, d: ks.Delivered, items: list[ks.Retiring]) -> None:
-    patch = {"metadata": {"annotations": {ks.ANN_RETIRING: ks.retiring_value(items)}}}
-    try:
-        await op.resources.core.patch_namespaced_secret(d.name, d.ref.namespace, patch)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise _refused(exc, "patch", d.ref.namespace, d.name) from None
 
 
 # ---- LiteLLM keys -------------------------------------------------------------------------------
@@ -264,12 +175,7 @@ async def _generate(op: Operator, ref: ks.KeyRef, spec: KeySpec, team_id: str) -
         body["max_budget"] = spec.maxBudget
     if spec.duration is not None:
         body["duration"] = spec.duration
-    data = await op.litellm.call("POST", "/key/generate", body=body)
-    plaintext = data.get("key") if isinstance(data, dict) else None
-    key_hash = data.get("token") if isinstance(data, dict) else None
-    if not plaintext or not key_hash:
-        raise LiteLLMError(200, "answer without key", endpoint="/key/generate")
-    return str(plaintext), str(key_hash)
+    return await op.litellm.key_generate(body)
 
 
 def _owner(op: Operator, ref: ks.KeyRef, group_obj: dict[str, Any]) -> dict[str, str] | None:
@@ -305,7 +211,7 @@ async def _deliver(
         owner=_owner(op, ref, group_obj),
     )
     try:
-        await _write(op, body)
+        await op.secrets.write(body)
     except KeyDeliveryError:
         await op.litellm.key_delete([key_hash])
         raise
@@ -335,13 +241,7 @@ async def _rotate(
         await _issue(op, d.ref, spec, team_id, group_obj, request, d)
         return time.time()
     # Free the alias (LiteLLM refuses duplicates); the old key keeps working under a retiring alias.
-    try:
-        await op.litellm.call(
-            "POST", "/key/update", body={"key": d.key_hash, "key_alias": _retiring_alias(d.ref, d.key_hash)}
-        )
-    except LiteLLMError as exc:
-        if exc.status not in (400, 404):
-            raise
+    if not await op.litellm.key_rename(d.key_hash, _retiring_alias(d.ref, d.key_hash)):
         # The old key is gone already: nothing to overlap with, just issue a new one.
         await _issue(op, d.ref, spec, team_id, group_obj, request, d)
         return time.time()
@@ -350,7 +250,7 @@ async def _rotate(
     try:
         await _deliver(op, d.ref, spec, team_id, group_obj, request, retiring)
     except (KeyDeliveryError, LiteLLMError):
-        await op.litellm.call("POST", "/key/update", body={"key": d.key_hash, "key_alias": alias})
+        await op.litellm.key_rename(d.key_hash, alias)
         raise
     return deadline
 
@@ -359,7 +259,7 @@ async def _revoke(op: Operator, d: ks.Delivered) -> None:
     """Delete the key (and any retiring ones) in LiteLLM first, then the Secret that names them."""
     hashes = [d.key_hash, *(r.key_hash for r in d.retiring)]
     await op.litellm.key_delete(await _owned(op, d.ref, hashes, current=True))
-    await _remove(op, d.ref.namespace, d.name)
+    await op.secrets.remove(d.ref.namespace, d.name)
 
 
 def _rotation_due(d: ks.Delivered, spec: KeySpec, request: str, now: float) -> bool:
@@ -394,10 +294,10 @@ async def sync_group(
     request = str((obj["metadata"].get("annotations") or {}).get(ks.ANNOTATION_ROTATE) or "")
     recorded = recorded_namespaces(obj)
     wanted = desired_keys(op, view, group, policy, only)
-    if not wanted and not recorded and not op.memory.group_keys.get(group):
+    if not wanted and not recorded and not op.memory.keys.delivered.get(group):
         return []  # no keys wanted, none given out: no Secret listing for groups without key policies
     namespaces = key_namespaces(op, group, policy, recorded) | {r.namespace for r in wanted}
-    delivered = op.memory.group_keys.setdefault(group, set())
+    delivered = op.memory.keys.delivered.setdefault(group, set())
     single = next(iter(only)) if only is not None and len(only) == 1 else None
     failures: list[KeyDeliveryError] = []
     events: Events = []
@@ -405,7 +305,7 @@ async def sync_group(
     unreadable: set[str] = set()
     for ns in sorted(namespaces):
         try:
-            existing += await list_delivered(op, [ns], group, single)
+            existing += await op.secrets.delivered([ns], group, single)
         except KeyDeliveryError as exc:
             # Nothing is known about this namespace: its keys are neither issued nor revoked now.
             unreadable.add(ns)
@@ -415,7 +315,7 @@ async def sync_group(
         existing = [d for d in existing if d.ref.user in only]
     else:
         delivered.difference_update({item for item in delivered if item[0] not in unreadable})
-    repair = op.memory.key_repairs.pop(group, set())
+    repair = op.memory.keys.repairs.pop(group, set())
     by_ref = {d.ref: d for d in existing}
     now = time.time()
     for gone in existing:
@@ -444,10 +344,10 @@ async def sync_group(
         delivered.add((ref.namespace, ks.secret_name(ref)))
     if failures:
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-        op.memory.key_failures[group] = (failures[0].reason, f"{failures[0]}{more}")
+        op.memory.keys.failures[group] = (failures[0].reason, f"{failures[0]}{more}")
     elif only is None:
         # Only a full sync knows that every key of the group is delivered.
-        op.memory.key_failures.pop(group, None)
+        op.memory.keys.failures.pop(group, None)
     return events
 
 
@@ -455,12 +355,12 @@ async def sweep(op: Operator, group: str, namespaces: Iterable[str]) -> float | 
     """Delete retired keys whose overlap ended; returns the next deadline (epoch) or None."""
     following: float | None = None
     now = time.time()
-    for d in await list_delivered(op, namespaces, group):
+    for d in await op.secrets.delivered(namespaces, group):
         due = [r for r in d.retiring if r.delete_at <= now]
         if due:
             # Due entries leave the Secret either way; only the ones LiteLLM confirms are deleted.
             await op.litellm.key_delete(await _owned(op, d.ref, [r.key_hash for r in due]))
-            await _set_retiring(op, d, [r for r in d.retiring if r.delete_at > now])
+            await op.secrets.set_retiring(d, [r for r in d.retiring if r.delete_at > now])
         for r in d.retiring:
             if r.delete_at > now:
                 following = r.delete_at if following is None else min(following, r.delete_at)
@@ -487,13 +387,13 @@ def _delete_later(op: Operator, group: str, deadline: float) -> None:
         await asyncio.sleep(max(0.0, deadline - time.time()) + 0.2)
         async with op.memory.lock("group", group):
             try:
-                await sweep(op, group, {ns for ns, _ in op.memory.group_keys.get(group) or ()})
+                await sweep(op, group, {ns for ns, _ in op.memory.keys.delivered.get(group) or ()})
             except (LiteLLMError, KeyDeliveryError) as exc:
                 log.warning("retired key not deleted yet", extra={"fields": {"group": group, "error": str(exc)}})
 
     task = asyncio.create_task(later())
-    op.memory.background.add(task)
-    task.add_done_callback(op.memory.background.discard)
+    op.memory.keys.background.add(task)
+    task.add_done_callback(op.memory.keys.background.discard)
 
 
 async def revoke_group(op: Operator, group: str, body: Any, policy: Policy | None) -> list[KeyDeliveryError]:
@@ -509,11 +409,11 @@ async def revoke_group(op: Operator, group: str, body: Any, policy: Policy | Non
     left: list[KeyDeliveryError] = []
     for ns in sorted(key_namespaces(op, group, policy, recorded_namespaces(body))):
         try:
-            for d in await list_delivered(op, [ns], group):
+            for d in await op.secrets.delivered([ns], group):
                 await _revoke(op, d)
         except KeyDeliveryError as exc:
             left.append(exc)
-    op.memory.group_keys.pop(group, None)
+    op.memory.keys.delivered.pop(group, None)
     return left
 
 
@@ -526,7 +426,7 @@ async def drift_of(op: Operator, group: str, policy: Policy | None, *, repair: b
     findings: list[str] = []
     broken: set[str] = set()
     try:
-        existing = await list_delivered(op, namespaces, group)
+        existing = await op.secrets.delivered(namespaces, group)
     except KeyDeliveryError as exc:
         return [str(exc)]
     for d in existing:
@@ -549,5 +449,5 @@ async def drift_of(op: Operator, group: str, policy: Policy | None, *, repair: b
             )
             broken.add(d.name)
     if broken and repair:
-        op.memory.key_repairs.setdefault(group, set()).update(broken)
+        op.memory.keys.repairs.setdefault(group, set()).update(broken)
     return findings

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -97,6 +98,10 @@ def parse_error(status: int, body: Any, *, endpoint: str = "") -> LiteLLMError:
     # conditions and Events, which anyone who may read the namespace sees.
     message = _EMAIL.sub("<email>", message)
     return LiteLLMError(status, message or f"HTTP {status}", kind=kind, endpoint=endpoint)
+
+
+# Members per /team/member_add call: one call for ordinary groups, bounded bodies for huge ones.
+ADD_BATCH = 500
 
 
 def member_add_slots(concurrency: int) -> int:
@@ -192,14 +197,24 @@ class LiteLLM:
                     },
                 )
 
-    # ---- users -------------------------------------------------------------------------------
-    async def user_info(self, user_id: str) -> dict[str, Any] | None:
+    async def _found(
+        self, method: str, path: str, *, params: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None, urgent: bool = False,
+    ) -> tuple[bool, Any]:
+        """(found, answer) of one call: LiteLLM's 404 means the object does not exist, an answer,
+        not an error (the one place that turns it into one)."""
         try:
-            data = await self.call("GET", "/user/info", params={"user_id": user_id})
+            return True, await self.call(method, path, params=params, body=body, urgent=urgent)
         except LiteLLMError as exc:
             if exc.status == 404:
-                return None
+                return False, None
             raise
+
+    # ---- users -------------------------------------------------------------------------------
+    async def user_info(self, user_id: str) -> dict[str, Any] | None:
+        found, data = await self._found("GET", "/user/info", params={"user_id": user_id})
+        if not found:
+            return None
         info = data.get("user_info") if isinstance(data, dict) else None
         # An unknown id may also come back as 200 with an empty user_info.
         if not isinstance(info, dict) or info.get("user_id") != user_id:
@@ -215,22 +230,14 @@ class LiteLLM:
 
     async def user_delete(self, user_id: str) -> bool:
         """False when the user did not exist."""
-        try:
-            await self.call("POST", "/user/delete", body={"user_ids": [user_id]}, urgent=True)
-        except LiteLLMError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        found, _ = await self._found("POST", "/user/delete", body={"user_ids": [user_id]}, urgent=True)
+        return found
 
     # ---- teams -------------------------------------------------------------------------------
     async def team_info(self, team_id: str) -> dict[str, Any] | None:
-        try:
-            data = await self.call("GET", "/team/info", params={"team_id": team_id})
-        except LiteLLMError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        found, data = await self._found("GET", "/team/info", params={"team_id": team_id})
+        if not found:
+            return None
         info = data.get("team_info") if isinstance(data, dict) else None
         return info if isinstance(info, dict) else None
 
@@ -241,23 +248,57 @@ class LiteLLM:
         await self.call("POST", "/team/update", body=body)
 
     async def team_delete(self, team_id: str) -> bool:
-        try:
-            await self.call("POST", "/team/delete", body={"team_ids": [team_id]})
-        except LiteLLMError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        found, _ = await self._found("POST", "/team/delete", body={"team_ids": [team_id]})
+        return found
 
-    async def member_add(self, team_id: str, user_ids: Iterable[str] | Callable[[], Iterable[str]]) -> None:
-        """Adds members with role ``user``; members already in the team count as success.
+    async def member_add(self, team_id: str, user_ids: Iterable[str] | Callable[[], Iterable[str]]) -> bool:
+        """Adds members with role ``user`` in calls of at most ADD_BATCH; members already in the team
+        count as success. Returns whether a call failed on the way in a way LiteLLM may have
+        half-applied (the caller then compares the team again later).
 
         ``user_ids`` may be a function: it is called once a membership slot is free, so members that
-        became ready while the call queued behind other teams' additions go in the same call."""
+        became ready while the call queued behind other teams' additions go in the same call: one
+        /team/member_add per team instead of several partial ones."""
+        chosen: list[str] = []
+
+        def first() -> list[str]:
+            chosen[:] = user_ids() if callable(user_ids) else user_ids
+            return chosen[:ADD_BATCH]
+
+        uncertain = await self._add_chunk(team_id, first)
+        for start in range(ADD_BATCH, len(chosen), ADD_BATCH):
+            uncertain |= await self._add_chunk(team_id, functools.partial(list, chosen[start : start + ADD_BATCH]))
+        return uncertain
+
+    async def _add_chunk(self, team_id: str, choose: Callable[[], list[str]]) -> bool:
+        sent: list[str] = []
+
+        def pick() -> list[str]:
+            sent[:] = choose()
+            return sent
+
+        try:
+            await self._member_add_call(team_id, pick)
+            return False
+        except LiteLLMError as exc:
+            # LiteLLM adds a list in one database transaction with a 5 s limit: a busy proxy answers
+            # a large list with a 500 ("Transaction already closed"). Halves still get through, and a
+            # list that partly landed is harmless (members already in the team are skipped).
+            if exc.status < 500 or len(sent) < 2:
+                raise
+            log.info(
+                "member_add too large for LiteLLM right now; splitting",
+                extra={"fields": {"team": team_id, "members": len(sent), "error": exc.message[:200]}},
+            )
+        head, tail = sent[: len(sent) // 2], sent[len(sent) // 2 :]
+        await self._add_chunk(team_id, functools.partial(list, head))
+        await self._add_chunk(team_id, functools.partial(list, tail))
+        return True
+
+    async def _member_add_call(self, team_id: str, user_ids: Callable[[], Iterable[str]]) -> None:
         try:
             async with self._member_limit:
-                chosen = user_ids() if callable(user_ids) else user_ids
-                members = [{"user_id": uid, "role": "user"} for uid in chosen]
+                members = [{"user_id": uid, "role": "user"} for uid in user_ids()]
                 if not members:
                     return
                 await self.call("POST", "/team/member_add", body={"team_id": team_id, "member": members})
@@ -303,28 +344,35 @@ class LiteLLM:
 
     async def key_block(self, key_hash: str) -> bool:
         """False when the key no longer exists."""
-        try:
-            await self.call("POST", "/key/block", body={"key": key_hash}, urgent=True)
-        except LiteLLMError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        found, _ = await self._found("POST", "/key/block", body={"key": key_hash}, urgent=True)
+        return found
 
     async def key_unblock(self, key_hash: str) -> bool:
         """False when the key no longer exists."""
-        try:
-            await self.call("POST", "/key/unblock", body={"key": key_hash})
-        except LiteLLMError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        found, _ = await self._found("POST", "/key/unblock", body={"key": key_hash})
+        return found
 
     async def key_delete(self, key_hashes: list[str]) -> None:
+        """Deletes the keys; keys that no longer exist count as deleted."""
         if key_hashes:
-            try:
-                await self.call("POST", "/key/delete", body={"keys": key_hashes}, urgent=True)
-            except LiteLLMError as exc:
-                if exc.status != 404:
-                    raise
+            await self._found("POST", "/key/delete", body={"keys": key_hashes}, urgent=True)
+
+    async def key_generate(self, body: dict[str, Any]) -> tuple[str, str]:
+        """(plaintext, hash) of a new key. The plaintext is returned to go straight into a Secret."""
+        data = await self.call("POST", "/key/generate", body=body)
+        plaintext = data.get("key") if isinstance(data, dict) else None
+        key_hash = data.get("token") if isinstance(data, dict) else None
+        if not plaintext or not key_hash:
+            raise LiteLLMError(200, "answer without key", endpoint="/key/generate")
+        return str(plaintext), str(key_hash)
+
+    async def key_rename(self, key_hash: str, alias: str) -> bool:
+        """Give a key another alias; False when the key does not exist (or LiteLLM refuses, 400, as it
+        does for a key it no longer has)."""
+        try:
+            await self.call("POST", "/key/update", body={"key": key_hash, "key_alias": alias})
+        except LiteLLMError as exc:
+            if exc.status not in (400, 404):
+                raise
+            return False
+        return True

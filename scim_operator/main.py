@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import os
 import random
@@ -24,6 +23,7 @@ from scim_operator.context import Operator
 from scim_operator.handlers import build_registry
 from scim_operator.litellm_api import LiteLLM
 from scim_operator.resources import Resources
+from scim_operator.secrets_api import Secrets
 from scim_operator.state import Memory
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class ConfigurationError(Exception):
     pass
 
 
-async def master_key(settings: OperatorSettings, api: client.ApiClient) -> SecretStr:
+async def master_key(settings: OperatorSettings, secrets: Secrets) -> SecretStr:
     if settings.litellm_master_key is not None:
         return settings.litellm_master_key
     if not settings.litellm_master_key_secret:
@@ -47,15 +47,14 @@ async def master_key(settings: OperatorSettings, api: client.ApiClient) -> Secre
     if not name or not key:
         raise ConfigurationError("--litellm-master-key-secret must be NAME/KEY")
     try:
-        secret = await client.CoreV1Api(api).read_namespaced_secret(name, settings.namespace)
+        value = await secrets.value(name, key)
     except ApiException as exc:
         raise ConfigurationError(
             f"cannot read Secret {settings.namespace}/{name}: HTTP {exc.status}"
         ) from None
-    value = (secret.data or {}).get(key)
     if not value:
         raise ConfigurationError(f"Secret {settings.namespace}/{name} has no key {key!r}")
-    return SecretStr(base64.b64decode(value).decode().strip())
+    return SecretStr(value)
 
 
 async def check_peering(api: client.ApiClient, settings: OperatorSettings) -> None:
@@ -105,10 +104,11 @@ async def operate(settings: OperatorSettings, *, stop_flag: Any = None, ready_fl
         # Kopf's own login (via kubernetes_asyncio) reads the kubeconfig from the environment.
         os.environ["KUBECONFIG"] = settings.kubeconfig
     api = await kube.api_client(settings.kubeconfig)
+    secrets = Secrets(api, settings.namespace)
     litellm: LiteLLM | None = None
     try:
         try:
-            key = await master_key(settings, api)
+            key = await master_key(settings, secrets)
             if not settings.standalone:
                 await check_peering(api, settings)
         except ConfigurationError as exc:
@@ -124,10 +124,11 @@ async def operate(settings: OperatorSettings, *, stop_flag: Any = None, ready_fl
             settings=settings,
             litellm=litellm,
             resources=Resources(api, settings.namespace),
+            secrets=secrets,
             memory=Memory(),
             diffbase=StatusDiffBase(prefix=ANNOTATION_PREFIX),
         )
-        metrics.track_managed(lambda: len(op.memory.ready_users), lambda: len(op.memory.teams))
+        metrics.track_managed(lambda: len(op.memory.users.ready), lambda: len(op.memory.teams.ids))
         metrics.serve(settings.metrics_port)
         # Equal priorities would make every replica active: a random one makes exactly one active.
         priority = settings.peering_priority or random.randint(1, 2**31 - 1)  # noqa: S311

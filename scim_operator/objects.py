@@ -143,6 +143,20 @@ def condition(conditions: list[dict[str, Any]] | None, ctype: str) -> dict[str, 
     return next((c for c in conditions or [] if c.get("type") == ctype), None)
 
 
+def drift_condition(
+    conditions: list[dict[str, Any]] | None, findings: list[str], corrected: bool, in_sync: str,
+    generation: int | None,
+) -> list[dict[str, Any]]:
+    """``Drifted`` after a drift check: False (``InSync``, message ``in_sync``) when nothing was
+    found, False (``Corrected``) when the findings were corrected, else True with the findings."""
+    text = "; ".join(findings)
+    if not findings:
+        return set_condition(conditions, "Drifted", False, "InSync", in_sync, generation)
+    if corrected:
+        return set_condition(conditions, "Drifted", False, "Corrected", f"corrected at {now()}: {text}", generation)
+    return set_condition(conditions, "Drifted", True, "DriftDetected", text, generation)
+
+
 def failed_status(reason: str, message: str) -> Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]:
     """A status change: Synced and Ready False, with LiteLLM's own error message."""
 

@@ -203,15 +203,23 @@ def indexed(index: Mapping[Any, Any]) -> list[Any]:
     return [value for store in index.values() for value in store]
 
 
-def effective_for(
-    policy_index: Mapping[Any, Any], group_index: Mapping[Any, Any], name: str, display_name: str,
-    external_id: str | None,
+def in_force(
+    policy_index: Mapping[Any, Any], group_index: Mapping[Any, Any], name: str,
+    spec: Mapping[str, Any] | None = None,
 ) -> Policy | None:
-    """The policy in effect for a group; labels come from the group index (spec fields are fresher
-    from the handler's own body)."""
+    """The one lookup of the policy in force for a group. Labels come from the group index; the
+    spec fields from ``spec`` when the caller holds the group's body (fresher than the index), else
+    from the index. A group neither indexed nor given has no policy."""
     entry = next(iter(group_index.get(name) or ()), None)
-    labels = entry.facts.labels if isinstance(entry, GroupEntry) else {}
-    facts = GroupFacts(name=name, display_name=display_name, external_id=external_id, labels=labels)
+    indexed_facts = entry.facts if isinstance(entry, GroupEntry) else None
+    if spec is None:
+        return effective(indexed(policy_index), indexed_facts) if indexed_facts is not None else None
+    facts = GroupFacts(
+        name=name,
+        display_name=str(spec.get("displayName") or ""),
+        external_id=spec.get("externalId"),
+        labels=indexed_facts.labels if indexed_facts is not None else {},
+    )
     return effective(indexed(policy_index), facts)
 
 

@@ -43,7 +43,6 @@ def emit(body: Any, reason: str, message: str, *, warning: bool = False) -> None
 class Resources:
     def __init__(self, api: client.ApiClient, namespace: str) -> None:
         self._objects = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)  # key Secrets
         self.namespace = namespace
         # Newest object of each (plural, name) seen by a watch or returned by a write.
         self._latest: dict[tuple[str, str], dict[str, Any]] = {}

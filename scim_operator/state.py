@@ -7,16 +7,13 @@ ScimUser status and ScimMemberShard specs) and a full compare per group, so losi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+from scim_operator import policies
 from scim_operator.objects import user_id_for
-
-
-class Store(Protocol):
-    def __iter__(self) -> Any: ...
-
+from scim_operator.policies import Policy
 
 Index = Mapping[Any, Any]
 
@@ -33,27 +30,33 @@ class UserEntry:
 
 
 @dataclass
-class Memory:
+class UserState:
+    """What ``users`` knows."""
+
     # ScimUser name -> LiteLLM user_id, set the moment this process created or verified the user.
-    ready_users: dict[str, str] = field(default_factory=dict)
+    ready: dict[str, str] = field(default_factory=dict)
     # ScimUsers being deleted: never add them to a team again.
-    deleting_users: set[str] = field(default_factory=set)
+    deleting: set[str] = field(default_factory=set)
+
+
+@dataclass
+class TeamState:
+    """What ``groups`` knows of teams."""
+
     # ScimGroup name -> LiteLLM team_id, set the moment the team is known to exist and be ours.
-    teams: dict[str, str] = field(default_factory=dict)
+    ids: dict[str, str] = field(default_factory=dict)
+    # ScimGroup name -> (policy name, generation) its team was last reconciled with ("", 0): none.
+    policies: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+
+@dataclass
+class MembershipState:
+    """What ``groups`` knows of memberships: what was applied, what waits, what is in doubt."""
+
     # ScimGroup name -> LiteLLM user_ids LiteLLM acknowledged as team members (for status only).
     in_team: dict[str, set[str]] = field(default_factory=dict)
     # ScimMemberShard name -> the users it listed when its difference was last applied.
     applied_shards: dict[str, frozenset[str]] = field(default_factory=dict)
-    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    # ScimGroup name -> (policy name, generation) its team was last reconciled with ("", 0): none.
-    group_policies: dict[str, tuple[str, int]] = field(default_factory=dict)
-    # ScimGroup name -> (namespace, name) of the key Secrets delivered for it.
-    group_keys: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
-    # ScimGroup name -> (condition reason, message): why some of its keys could not be delivered at
-    # the last sync.
-    key_failures: dict[str, tuple[str, str]] = field(default_factory=dict)
-    # ScimGroup name -> key Secrets whose key drifted in LiteLLM and gets replaced at the next sync.
-    key_repairs: dict[str, set[str]] = field(default_factory=dict)
     # Users waiting to be added to a group's team in the next batch, and the task that adds them.
     pending_joins: dict[str, set[str]] = field(default_factory=dict)
     join_tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
@@ -63,8 +66,32 @@ class Memory:
     # ScimUsers whose status.groups count is to be refreshed, and the one task that does it.
     recount_users: set[str] = field(default_factory=set)
     recount_task: asyncio.Task[None] | None = None
-    # Fire-and-forget bookkeeping tasks, referenced so they are not garbage-collected mid-flight.
+
+
+@dataclass
+class KeyState:
+    """What ``keys`` knows."""
+
+    # ScimGroup name -> (namespace, name) of the key Secrets delivered for it.
+    delivered: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    # ScimGroup name -> (condition reason, message): why some of its keys could not be delivered at
+    # the last sync.
+    failures: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # ScimGroup name -> key Secrets whose key drifted in LiteLLM and gets replaced at the next sync.
+    repairs: dict[str, set[str]] = field(default_factory=dict)
+    # Fire-and-forget deletions, referenced so they are not garbage-collected mid-flight.
     background: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+@dataclass
+class Memory:
+    """Each reconciler's own small state, and one lock per resource shared by all of them."""
+
+    users: UserState = field(default_factory=UserState)
+    teams: TeamState = field(default_factory=TeamState)
+    members: MembershipState = field(default_factory=MembershipState)
+    keys: KeyState = field(default_factory=KeyState)
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def lock(self, kind: str, name: str) -> asyncio.Lock:
         """Serialises everything the operator does for one resource (handler, drift timer, shards)."""
@@ -93,9 +120,9 @@ class View:
         return next(iter(store), None) if store is not None else None
 
     def user_ready(self, name: str) -> bool:
-        if name in self.memory.deleting_users:
+        if name in self.memory.users.deleting:
             return False
-        if name in self.memory.ready_users:
+        if name in self.memory.users.ready:
             return True
         entry = self._entry(name)
         return entry is not None and entry.synced
@@ -128,5 +155,7 @@ class View:
     def groups_of(self, name: str) -> list[str]:
         return sorted(set(self.member_groups.get(name) or ()))
 
-    def ready_subset(self, names: Iterable[str]) -> list[str]:
-        return [n for n in names if self.user_ready(n)]
+    def policy_of(self, group: str, spec: Mapping[str, Any] | None = None) -> Policy | None:
+        """The policy in force for a group (see ``policies.in_force``); ``spec``: the group's spec
+        when the caller holds its body."""
+        return policies.in_force(self.policies, self.groups, group, spec)

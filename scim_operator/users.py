@@ -14,13 +14,13 @@ import kopf
 from pydantic import ValidationError
 
 from scim_contract import USER, ScimUserSpec
-from scim_operator import groups, metrics, policy_handlers
+from scim_operator import context, group_keys, membership, metrics
 from scim_operator.context import NotOwned, Operator, failure_reason, reconcile_failed, retry_later
 from scim_operator.litellm_api import LiteLLMError
 from scim_operator.objects import (
     DesiredUser,
     desired_user,
-    failed_status,
+    drift_condition,
     merged_metadata,
     now,
     ownership,
@@ -144,15 +144,15 @@ async def apply_user(
         await _unblock_keys(op, desired.user_id, known_blocked, out)
 
     was_ready = view.user_ready(name)
-    op.memory.ready_users[name] = desired.user_id
+    op.memory.users.ready[name] = desired.user_id
     if not was_ready:
         # Groups that listed this user before it existed: join their teams now. Reading the index
         # right after marking the user ready (no await in between) leaves no window in which a shard
         # change could see the user as not ready while this read misses the shard.
         for group in view.groups_of(name):
-            team_id = op.memory.teams.get(group)
+            team_id = op.memory.teams.ids.get(group)
             if team_id is not None:
-                groups.join_later(op, view, group, team_id, desired.user_id)
+                membership.join_later(op, view, group, team_id, desired.user_id)
     return out
 
 
@@ -203,7 +203,7 @@ async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
             return
         # Members' personal keys follow the user before the status records this spec as handled:
         # after that write Kopf no longer sees a change to retry.
-        await policy_handlers.user_keys(op, view, name)
+        await group_keys.user_keys(op, view, name)
         handled = op.diffbase.handled(body)
         written = await op.resources.update_status(
             USER, name, lambda st, o: {**_status_ok(st, o, out, view, name), **handled}
@@ -219,8 +219,8 @@ async def delete(op: Operator, body: Any, retry: int) -> None:
     """Deletion handler (behind the finalizer): keys deleted first, then the user."""
     name = body["metadata"]["name"]
     op.diffbase.forget(body)
-    op.memory.deleting_users.add(name)
-    op.memory.ready_users.pop(name, None)
+    op.memory.users.deleting.add(name)
+    op.memory.users.ready.pop(name, None)
     user_id = (body.get("status") or {}).get("litellm", {}).get("userId") or user_id_for(name)
     async with op.memory.lock("user", name):
         try:
@@ -239,7 +239,7 @@ async def delete(op: Operator, body: Any, retry: int) -> None:
             keys = [str(k["token"]) for k in await op.litellm.user_keys(user_id) if k.get("token")]
             await op.litellm.key_delete(keys)
             await op.litellm.user_delete(user_id)
-            for members in op.memory.in_team.values():  # LiteLLM removed the user from its teams
+            for members in op.memory.members.in_team.values():  # LiteLLM removed the user from its teams
                 members.discard(user_id)
         except LiteLLMError as exc:
             metrics.FAILURES.labels("user", failure_reason(exc)).inc()
@@ -247,14 +247,14 @@ async def delete(op: Operator, body: Any, retry: int) -> None:
         finally:
             op.memory.forget_lock("user", name)
     emit(body, "Deleted", f"deleted LiteLLM user {user_id} and its {len(keys)} key(s)")
-    op.memory.deleting_users.discard(name)
+    op.memory.users.deleting.discard(name)
 
 
 async def check_drift(op: Operator, view: View, body: Any) -> None:
     """The drift timer of a ScimUser: compare LiteLLM with the resource, report, correct."""
     name = body["metadata"]["name"]
     status = dict(body.get("status") or {})
-    if not (status.get("litellm") or {}).get("userId") or name in op.memory.deleting_users:
+    if not (status.get("litellm") or {}).get("userId") or name in op.memory.users.deleting:
         return  # never synced (the handler is on it) or on its way out
     try:
         spec = _spec(body)
@@ -289,8 +289,7 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
         except NotOwned:
             return
         except LiteLLMError as exc:
-            log.warning("drift check of ScimUser failed", extra={"fields": {"name": name, "error": str(exc)}})
-            await op.resources.update_status(USER, name, failed_status(failure_reason(exc), str(exc)))
+            await context.drift_check_failed(op, USER, name, exc)
             return
         await _report_drift(op, view, body, name, findings, out)
 
@@ -298,15 +297,12 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
 async def _report_drift(
     op: Operator, view: View, body: Any, name: str, findings: list[str], out: Outcome | None
 ) -> None:
-    text = "; ".join(findings)
-
     def change(st: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
         gen = obj["metadata"].get("generation")
         if out is not None:
             st = _status_ok(st, obj, out, view, name)
-        conds = st.get("conditions")
+        conds = drift_condition(st.get("conditions"), findings, out is not None, "LiteLLM matches this resource", gen)
         if not findings:
-            conds = set_condition(conds, "Drifted", False, "InSync", "LiteLLM matches this resource", gen)
             previous = next((c for c in conds if c.get("type") == "Synced"), None)
             if previous and previous.get("status") != "True":
                 conds = set_condition(conds, "Synced", True, "Synced", "LiteLLM reachable and matching", gen)
@@ -318,14 +314,7 @@ async def _report_drift(
                     "LiteLLM user matches this resource",
                     gen,
                 )
-        elif out is not None:
-            conds = set_condition(conds, "Drifted", False, "Corrected", f"corrected at {now()}: {text}", gen)
-        else:
-            conds = set_condition(conds, "Drifted", True, "DriftDetected", text, gen)
         return {**st, "conditions": conds}
 
     await op.resources.update_status(USER, name, change)
-    if findings:
-        emit(body, "DriftDetected", text, warning=True)
-        if out is not None:
-            emit(body, "DriftCorrected", f"LiteLLM user {out.user_id} corrected: {text}")
+    context.drift_events(body, findings, f"LiteLLM user {out.user_id}" if out is not None else None)

@@ -113,6 +113,35 @@ def test_endpoint_modules_import_downward() -> None:
     assert upward_module_imports(REPO / "scim_endpoint", ENDPOINT_LAYERS) == []
 
 
+# Inside the operator (docs/architecture.md, "scim_operator"): registrations on top, reconcilers that
+# call only downward, the clients of LiteLLM and Kubernetes below them, pure rules at the bottom.
+OPERATOR_LAYERS = {
+    "main": 7,  # the process
+    "handlers": 6,  # every Kopf registration, nothing else
+    "users": 5,  # reconcilers that start from one resource
+    "groups": 5,
+    "policy_sync": 5,
+    "membership": 4,  # a group's members, and its status from what was applied
+    "group_keys": 4,
+    "keys": 3,  # the keys of one group
+    "context": 2,  # what every reconciler is handed
+    "state": 1,  # in-memory knowledge and the view over Kopf's indexes
+    "litellm_api": 1,  # clients
+    "resources": 1,
+    "secrets_api": 1,
+    "bookkeeping": 1,
+    "policies": 0,  # pure rules and formats, metrics
+    "objects": 0,
+    "key_secrets": 0,
+    "priority": 0,
+    "metrics": 0,
+}
+
+
+def test_operator_modules_import_downward() -> None:
+    assert upward_module_imports(REPO / "scim_operator", OPERATOR_LAYERS) == []
+
+
 def test_the_check_sees_an_upward_module_import(tmp_path: Path) -> None:
     package = tmp_path / "scim_endpoint"
     package.mkdir()
