@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from scim_contract import LabelSelector, ScimTeamPolicySpec, TeamSettings
+from scim_contract import LabelSelector, ScimTeamPolicySpec, TeamSettings, fold
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,10 @@ def selects(spec: ScimTeamPolicySpec, group: GroupFacts) -> bool:
     criteria = 0
     if sel.displayNamePattern is not None:
         criteria += 1
-        pattern = fnmatch.translate(sel.displayNamePattern.casefold())
-        if not re.fullmatch(pattern, group.display_name.casefold(), flags=re.DOTALL):
+        # The endpoint's notion of one name (NFC, case-folded): a group the endpoint would refuse as a
+        # duplicate of a selected one must not escape the pattern by typing it decomposed.
+        pattern = fnmatch.translate(fold(sel.displayNamePattern))
+        if not re.fullmatch(pattern, fold(group.display_name), flags=re.DOTALL):
             return False
     if sel.externalIds is not None:
         criteria += 1

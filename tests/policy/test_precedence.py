@@ -56,6 +56,19 @@ def test_selector_criteria(selector: dict[str, Any], expected: bool) -> None:
     assert selects(policy("p", selector=selector).spec, ENG) is expected
 
 
+@pytest.mark.parametrize(
+    ("pattern", "display_name"),
+    [
+        ("caf\u00e9-*", "Cafe\u0301-Ops"),  # composed pattern, decomposed name
+        ("cafe\u0301-*", "CAF\u00c9-ops"),  # decomposed pattern, composed name
+        ("stra\u00dfe", "STRASSE"),  # case folding beyond lower()
+    ],
+)
+def test_display_name_pattern_matches_every_form_of_one_name(pattern: str, display_name: str) -> None:
+    group = GroupFacts("g3", display_name, None)
+    assert selects(policy("p", selector={"displayNamePattern": pattern}).spec, group)
+
+
 def test_group_without_external_id_is_not_selected_by_external_ids() -> None:
     group = GroupFacts("g2", "Sales", None)
     assert not selects(policy("p", selector={"externalIds": ["ext-1"]}).spec, group)
