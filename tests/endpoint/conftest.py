@@ -3,7 +3,6 @@ server, and real ``litellm-scim endpoint`` processes for the multi-replica tests
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,11 +11,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from kubernetes_asyncio import client
 from operator_helpers import EndpointProcess, start_endpoint, stop_endpoint
-from scim_http import TOKEN_SECRET, Scim, write_tokens
+from scim_http import Scim, backing, write_tokens
 
 from scim_endpoint.app import create_app
-from scim_endpoint.auth import Tokens
-from scim_endpoint.store import Store
 
 
 @pytest.fixture
@@ -31,16 +28,10 @@ async def scim(kube_api: client.ApiClient, endpoint_api: client.ApiClient, names
                token: str) -> AsyncIterator[Scim]:
     """The app in-process, storing through the endpoint's ServiceAccount; ``Scim.api`` is the admin
     client tests inspect with."""
-    store = Store(endpoint_api, namespace)
-    tokens = Tokens(endpoint_api, namespace, TOKEN_SECRET)
-    store.start()
-    tokens.start()
-    await asyncio.wait_for(asyncio.gather(store.wait_ready(), tokens.informer.synced.wait()), 30)
-    app = create_app(store, tokens, max_results=50, max_body_bytes=1_048_576)
-    async with TestServer(app) as server, TestClient(server) as http:
-        yield Scim(http, token, kube_api, namespace)
-    await tokens.stop()
-    await store.stop()
+    async with backing(endpoint_api, namespace) as (store, tokens):
+        app = create_app(store, tokens, max_results=50, max_body_bytes=1_048_576)
+        async with TestServer(app) as server, TestClient(server) as http:
+            yield Scim(http, token, kube_api, namespace)
 
 
 @pytest.fixture

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,8 +13,28 @@ import aiohttp
 from aiohttp.test_utils import TestClient
 from kubernetes_asyncio import client
 
+from scim_endpoint.auth import Tokens
+from scim_endpoint.store import Store
+
 TOKEN_SECRET = "litellm-scim-tokens"
 SCIM = "application/scim+json"
+
+
+
+@contextlib.asynccontextmanager
+async def backing(api: client.ApiClient, namespace: str, **store_options: Any) -> AsyncIterator[tuple[Store, Tokens]]:
+    """What an in-process app stands on: the store and the token watch, synced, through ``api`` (the
+    endpoint's ServiceAccount), stopped again on exit."""
+    store = Store(api, namespace, **store_options)
+    tokens = Tokens(api, namespace, TOKEN_SECRET)
+    store.start()
+    tokens.start()
+    try:
+        await asyncio.wait_for(asyncio.gather(store.wait_ready(), tokens.informer.synced.wait()), 30)
+        yield store, tokens
+    finally:
+        await tokens.stop()
+        await store.stop()
 
 
 async def write_tokens(api: client.ApiClient, namespace: str, tokens: dict[str, str]) -> None:

@@ -18,12 +18,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from kubernetes_asyncio import client
 from operator_helpers import start_endpoint, stop_endpoint
-from scim_http import GROUP, TOKEN_SECRET, Scim, patch_body, user_body, write_tokens
+from scim_http import GROUP, Scim, backing, patch_body, user_body, write_tokens
 
 from scim_endpoint.app import create_app
 from scim_endpoint.audit import Audit
-from scim_endpoint.auth import Tokens
-from scim_endpoint.store import Store
 
 TOKEN_NAME = "entra-prod"
 
@@ -40,19 +38,13 @@ async def audited(kube_api: client.ApiClient, endpoint_api: client.ApiClient,
                   namespace: str) -> AsyncIterator[Audited]:
     token = secrets.token_urlsafe(24)
     await write_tokens(kube_api, namespace, {TOKEN_NAME: token, "other": secrets.token_urlsafe(24)})
-    store = Store(endpoint_api, namespace)
-    tokens = Tokens(endpoint_api, namespace, TOKEN_SECRET)
-    store.start()
-    tokens.start()
-    await asyncio.wait_for(asyncio.gather(store.wait_ready(), tokens.informer.synced.wait()), 30)
-    audit = Audit(store, endpoint_api)
-    audit.start()
-    app = create_app(store, tokens, audit_trail=audit)
-    async with TestServer(app) as server, TestClient(server) as http:
-        yield Audited(Scim(http, token, kube_api, namespace), audit, token)
-    await audit.stop()
-    await tokens.stop()
-    await store.stop()
+    async with backing(endpoint_api, namespace) as (store, tokens):
+        audit = Audit(store, endpoint_api)
+        audit.start()
+        app = create_app(store, tokens, audit_trail=audit)
+        async with TestServer(app) as server, TestClient(server) as http:
+            yield Audited(Scim(http, token, kube_api, namespace), audit, token)
+        await audit.stop()
 
 
 async def events_of(a: Audited, kind: str, name: str) -> list[Any]:
@@ -162,22 +154,14 @@ async def test_refused_writes_are_logged_with_scim_type_and_warned_on_the_resour
 async def test_events_never_delay_the_response_and_overflow_is_counted(
         kube_api: client.ApiClient, endpoint_api: client.ApiClient, namespace: str, token: str) -> None:
     """A full queue drops the Event (counted) and the write still answers at once."""
-    store = Store(endpoint_api, namespace)
-    tokens = Tokens(endpoint_api, namespace, TOKEN_SECRET)
-    store.start()
-    tokens.start()
-    await asyncio.wait_for(asyncio.gather(store.wait_ready(), tokens.informer.synced.wait()), 30)
-    audit = Audit(store, endpoint_api, queue_size=1)  # not started: nothing drains the queue
-    app = create_app(store, tokens, audit_trail=audit)
-    try:
+    async with backing(endpoint_api, namespace) as (store, tokens):
+        audit = Audit(store, endpoint_api, queue_size=1)  # not started: nothing drains the queue
+        app = create_app(store, tokens, audit_trail=audit)
         async with TestServer(app) as server, TestClient(server) as http:
             scim = Scim(http, token, kube_api, namespace)
             for n in range(3):
                 assert (await scim.post("/Users", user_body(f"user{n}@example.com"))).status == 201
         assert audit.dropped._value.get() == 2
-    finally:
-        await tokens.stop()
-        await store.stop()
 
 
 @pytest.mark.parametrize("flag", ["--audit-events", "--no-audit-events"])

@@ -13,26 +13,18 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from kubernetes_asyncio import client
 from operator_helpers import start_endpoint, stop_endpoint
-from scim_http import GROUP, TOKEN_SECRET, Scim, assert_error, patch_body
+from scim_http import GROUP, Scim, assert_error, backing, patch_body
 from stored import list_objects
 
 from scim_endpoint.app import create_app
-from scim_endpoint.auth import Tokens
-from scim_endpoint.store import Store
 
 
 @pytest.fixture
 async def unique(kube_api: client.ApiClient, endpoint_api: client.ApiClient, namespace: str,
                  token: str) -> AsyncIterator[Scim]:
-    store = Store(endpoint_api, namespace, unique_group_external_id=True)
-    tokens = Tokens(endpoint_api, namespace, TOKEN_SECRET)
-    store.start()
-    tokens.start()
-    await asyncio.wait_for(asyncio.gather(store.wait_ready(), tokens.informer.synced.wait()), 30)
-    async with TestServer(create_app(store, tokens)) as server, TestClient(server) as http:
+    async with (backing(endpoint_api, namespace, unique_group_external_id=True) as (store, tokens),
+                TestServer(create_app(store, tokens)) as server, TestClient(server) as http):
         yield Scim(http, token, kube_api, namespace)
-    await tokens.stop()
-    await store.stop()
 
 
 def group(name: str, external_id: str | None = None) -> dict[str, object]:

@@ -10,15 +10,13 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from kubernetes_asyncio import client
-from scim_http import GROUP, USER, Scim, assert_error, patch_body, user_body
+from scim_http import GROUP, USER, Scim, assert_error, backing, patch_body, user_body
 from stored import list_objects, stored_user
 
 from scim_common.settings import EndpointSettings
 from scim_contract import claim_name
 from scim_endpoint.app import create_app
-from scim_endpoint.auth import Tokens
 from scim_endpoint.limits import Limits
-from scim_endpoint.store import Store
 
 LIMITS = Limits()
 
@@ -30,17 +28,10 @@ async def _user_count(scim: Scim) -> int:
 @pytest.fixture
 async def uncapped(scim: Scim, endpoint_api: client.ApiClient) -> AsyncIterator[Scim]:
     """A second app on the same namespace that leaves the object size to the API server."""
-    store = Store(endpoint_api, scim.namespace)
-    tokens = Tokens(endpoint_api, scim.namespace, "litellm-scim-tokens")
-    store.start()
-    tokens.start()
-    await store.wait_ready()
-    await tokens.informer.synced.wait()
-    app = create_app(store, tokens, caps=Limits(max_object_bytes=100_000_000))
-    async with TestServer(app) as server, TestClient(server) as http:
-        yield Scim(http, scim.token, scim.api, scim.namespace)
-    await tokens.stop()
-    await store.stop()
+    async with backing(endpoint_api, scim.namespace) as (store, tokens):
+        app = create_app(store, tokens, caps=Limits(max_object_bytes=100_000_000))
+        async with TestServer(app) as server, TestClient(server) as http:
+            yield Scim(http, scim.token, scim.api, scim.namespace)
 
 
 # ---- CPU caps ------------------------------------------------------------------------------------
