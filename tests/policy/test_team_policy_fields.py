@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from operator_helpers import Admin, Kube, OperatorProcess, eventually, metric_sum
-from policy_helpers import put_policy, secret_data
+from policy_helpers import create_users, put_policy, secret_data
 
 import scim_contract as c
 
@@ -22,13 +22,6 @@ pytestmark = [pytest.mark.litellm, pytest.mark.slow]
 def key_secret_namespaces(namespace: str) -> list[str]:
     """The chart is installed with key Secrets allowed in the test's namespace (team keys go there)."""
     return [namespace]
-
-
-async def _users(kube: Kube, admin: Admin, names: list[str]) -> None:
-    for name in names:
-        await kube.create(c.USER, name, {"userName": f"{name}@example.com"})
-    for name in names:
-        await eventually(lambda n=name: admin.user(n), what=f"user {name}")  # type: ignore[misc]
 
 
 async def _synced(kube: Kube, name: str, status: str, reason: str) -> dict[str, Any] | None:
@@ -121,7 +114,7 @@ async def test_fields_the_proxy_refuses_show_on_the_group_and_hold_nothing_else_
                  "objectPermission": {"mcpServers": ["github-mcp"]}},
         "keys": {"perTeam": {"enabled": True}},
     })
-    await _users(kube_rw, admin, [ann])
+    await create_users(kube_rw, admin, [ann])
     await kube_rw.create(c.GROUP, group, {"displayName": f"Engineering {namespace}"})
     await kube_rw.set_members(group, [ann])
 
@@ -131,8 +124,8 @@ async def test_fields_the_proxy_refuses_show_on_the_group_and_hold_nothing_else_
     assert "Enterprise" in cond["message"]
     ready = await kube_rw.condition(c.GROUP, group, "Ready")
     assert ready is not None and ready["status"] == "True"
-    warnings = [m for t, r, m in await kube_rw.events(group) if t == "Warning" and r == "PolicyFieldRefused"]
-    assert warnings and "tags:" in warnings[0]
+    warnings = await eventually(lambda: _warnings(kube_rw, group, "PolicyFieldRefused"), what="Warning Event")
+    assert "tags:" in warnings[0]
 
     # Everything else converged: the team, its accepted settings, its member and its key.
     team = await admin.team(group)
@@ -161,6 +154,11 @@ async def test_fields_the_proxy_refuses_show_on_the_group_and_hold_nothing_else_
     await eventually(lambda: _synced(kube_rw, group, "True", "Synced"), what="synced without the refused fields")
 
 
+async def _warnings(kube: Kube, name: str, reason: str) -> list[str] | None:
+    found = [m for t, r, m in await kube.events(name) if t == "Warning" and r == reason]
+    return found or None
+
+
 async def _members_are(admin: Admin, team_id: str, want: list[str]) -> list[str] | None:
     members = await admin.members(team_id)
     return members if members == sorted(want) else None
@@ -177,7 +175,7 @@ async def test_admin_groups_refused_by_the_proxy_show_on_the_group_and_hold_noth
         "team": {"maxBudget": 4, "adminGroups": {"displayNamePattern": "llm-admins*"}},
         "keys": {"perTeam": {"enabled": True}},
     })
-    await _users(kube_rw, admin, [ann, ben])
+    await create_users(kube_rw, admin, [ann, ben])
     await kube_rw.create(c.GROUP, admins, {"displayName": f"LLM-Admins {namespace}"})
     await kube_rw.set_members(admins, [ann])
     await kube_rw.create(c.GROUP, team_group, {"displayName": f"Engineering {namespace}"})
@@ -187,9 +185,8 @@ async def test_admin_groups_refused_by_the_proxy_show_on_the_group_and_hold_noth
     cond = await eventually(lambda: _synced(kube_rw, team_group, "False", "MemberRoleRefused"),
                             what="role refusal on the group", within=60)
     assert "team role admin for" in cond["message"] and "premium feature" in cond["message"]
-    warnings = [m for t, r, m in await kube_rw.events(team_group)
-                if t == "Warning" and r == "MemberRoleRefused"]
-    assert warnings
+    warnings = await eventually(lambda: _warnings(kube_rw, team_group, "MemberRoleRefused"), what="Warning Event")
+    assert "premium feature" in warnings[0]
 
     # Nothing else about the team is held back: members (as plain members), settings, key.
     assert await eventually(lambda: _members_are(admin, team_group, [ann, ben]), what="members") == sorted(
