@@ -175,6 +175,16 @@ class PolicySelector(_Model):
     labelSelector: LabelSelector | None = None
 
 
+class ObjectPermission(_Model):
+    """What the team's keys may reach besides models (LiteLLM ``object_permission``)."""
+
+    mcpServers: list[str] | None = None
+    mcpAccessGroups: list[str] | None = None
+    vectorStores: list[str] | None = None
+    agents: list[str] | None = None
+    agentAccessGroups: list[str] | None = None
+
+
 class TeamSettings(_Model):
     models: list[str] | None = None
     maxBudget: float | None = Field(None, ge=0)
@@ -182,6 +192,12 @@ class TeamSettings(_Model):
     tpmLimit: int | None = Field(None, ge=0)
     rpmLimit: int | None = Field(None, ge=0)
     maxBudgetPerMember: float | None = Field(None, ge=0)
+    memberBudgetDuration: str | None = Field(None, pattern=_DURATION)
+    tags: list[str] | None = None
+    guardrails: list[str] | None = None
+    blocked: bool | None = None
+    objectPermission: ObjectPermission | None = None
+    adminGroups: PolicySelector | None = None
     metadata: dict[str, str] | None = None
 
 

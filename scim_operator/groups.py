@@ -5,6 +5,7 @@ team with the union of the shards (level-based, used after restarts) through ``m
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,8 @@ class Outcome:
     members: int
     events: list[tuple[str, str]] = field(default_factory=list)
     policy: Policy | None = None
+    # What LiteLLM refused of the policy: LiteLLM field (or "role") -> its answer.
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 def _spec(body: Any) -> ScimGroupSpec:
@@ -67,6 +70,31 @@ def _team_body(
     }
 
 
+async def _write_team(
+    op: Operator, write: Callable[[dict[str, Any]], Awaitable[None]], body: dict[str, Any], out: Outcome
+) -> None:
+    """One /team/new or /team/update with the policy's settings. When LiteLLM refuses it for good
+    (not a passing failure), the team is written without the policy's fields and each of those is
+    then sent alone: what the proxy refuses (Enterprise-only fields on the open-source proxy, whose
+    answer does not always name the field) lands in ``out.refused``, and the rest of the team still
+    converges instead of the whole group failing until someone edits the policy."""
+    asked = [f for f in policies.TEAM_FIELD_NAMES if f in body]
+    try:
+        await write(body)
+        return
+    except LiteLLMError as exc:
+        if exc.transient or exc.status == 401 or not asked or "already exists" in exc.message.lower():
+            raise
+    await write({k: v for k, v in body.items() if k not in asked})
+    for name in asked:
+        try:
+            await op.litellm.team_update({"team_id": body["team_id"], name: body[name]})
+        except LiteLLMError as exc:
+            if exc.transient or exc.status == 401:
+                raise
+            out.refused[name] = exc.message
+
+
 async def _ensure_team(
     op: Operator, name: str, spec: ScimGroupSpec, team_id: str, out: Outcome, known: bool
 ) -> dict[str, Any] | None:
@@ -77,7 +105,7 @@ async def _ensure_team(
     info = await op.litellm.team_info(team_id) if known else None
     if info is None:
         try:
-            await op.litellm.team_new(_team_body(op, name, spec, team_id, team, {}))
+            await _write_team(op, op.litellm.team_new, _team_body(op, name, spec, team_id, team, {}), out)
             out.events.append(("Created", f"created LiteLLM team {team_id}"))
             return None
         except LiteLLMError as exc:
@@ -102,15 +130,47 @@ async def _ensure_team(
         await _refuse_busy_adoption(op, team_id, info)
     settings_differ = policies.team_differences(team, info)
     if info.get("team_alias") != spec.displayName or owner != "owned" or settings_differ:
-        await op.litellm.team_update(_team_body(op, name, spec, team_id, team, info.get("metadata")))
-        changes = list(settings_differ)
+        body = _team_body(op, name, spec, team_id, team, info.get("metadata"))
+        await _write_team(op, op.litellm.team_update, body, out)
+        # Only what LiteLLM took: a refused field is reported on its own.
+        applied = policies.team_differences(team, info, skip=out.refused)
+        changes = list(applied)
         if info.get("team_alias") != spec.displayName:
             changes.insert(0, f"alias {info.get('team_alias')!r} -> {spec.displayName!r}")
-        what = "; ".join(changes) if changes else "ownership tag added (adopted)"
-        if settings_differ and out.policy is not None:
+        what = "; ".join(changes) if changes or owner == "owned" else "ownership tag added (adopted)"
+        if applied and out.policy is not None:
             what += f" (policy {out.policy.name})"
-        out.events.append(("Updated", f"updated LiteLLM team {team_id}: {what}"))
+        if changes or owner != "owned":
+            out.events.append(("Updated", f"updated LiteLLM team {team_id}: {what}"))
     return info
+
+
+async def _apply_roles(
+    op: Operator, view: View, team_id: str, info: dict[str, Any] | None, desired: dict[str, str], out: Outcome
+) -> None:
+    """Team roles from the policy's ``team.adminGroups``: its members who are also members of a
+    selected group are ``admin``, the others ``user``. The open-source proxy refuses the admin role
+    (an Enterprise feature): that is reported on the group, and memberships, settings and keys are
+    not held back by it."""
+    team = out.policy.spec.team if out.policy is not None else None
+    chosen = policies.admin_groups(team, policies.indexed(view.groups))
+    if chosen is None:
+        return
+    admins = {user_id_for(u) for g in chosen for u in view.group_member_ids(g)[0]}
+    changed: list[str] = []
+    for uid, role in policies.role_changes(desired, admins, policies.member_roles(info or {})):
+        if role == policies.ADMIN_ROLE and "role" in out.refused:
+            continue  # refused once: the proxy refuses every admin role the same way
+        try:
+            await op.litellm.member_update(team_id, uid, role)
+        except LiteLLMError as exc:
+            if exc.transient or exc.status == 401:
+                raise
+            out.refused["role"] = f"team role {role} for {desired[uid]}: {exc.message}"
+            continue
+        changed.append(f"{desired[uid]} is now {role}")
+    if changed:
+        out.events.append(("RolesChanged", f"team {team_id}: {membership.names(changed, {})}"))
 
 
 async def _refuse_busy_adoption(op: Operator, team_id: str, info: dict[str, Any]) -> None:
@@ -204,7 +264,12 @@ async def apply_group(
         )
     out.members = len(desired)
     out.events += await keys.sync_group(op, view, name, team_id, policy, reissue=moved)
+    await _apply_roles(op, view, team_id, info, desired, out)
     op.memory.teams.policies[name] = policies.version(policy)
+    if out.refused:
+        op.memory.teams.refused[name] = dict(out.refused)
+    else:
+        op.memory.teams.refused.pop(name, None)
     return out
 
 
@@ -228,6 +293,9 @@ async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
         metrics.RECONCILES.labels("group", "ok").inc()
         for reason, message in out.events:
             emit(body, reason, message)
+        refusal = policies.refusal(out.refused)
+        if refusal is not None:
+            emit(body, *refusal, warning=True)
 
 
 async def delete(op: Operator, view: View, body: Any, retry: int) -> None:
@@ -247,6 +315,7 @@ async def delete(op: Operator, view: View, body: Any, retry: int) -> None:
         emit(body, problem.reason, f"key Secrets not removed, their keys are deleted in LiteLLM: {problem}",
              warning=True)
     op.memory.teams.policies.pop(name, None)
+    op.memory.teams.refused.pop(name, None)
     op.memory.keys.failures.pop(name, None)
     if not team_id:
         return
@@ -276,6 +345,18 @@ async def delete(op: Operator, view: View, body: Any, retry: int) -> None:
     emit(body, "Deleted", f"deleted LiteLLM team {team_id}")
 
 
+def _role_differences(
+    view: View, policy: Policy | None, info: dict[str, Any], desired: dict[str, str], current: dict[str, str]
+) -> list[str]:
+    chosen = policies.admin_groups(policy.spec.team if policy else None, policies.indexed(view.groups))
+    if chosen is None:
+        return []
+    admins = {user_id_for(u) for g in chosen for u in view.group_member_ids(g)[0]}
+    both = set(desired) & set(current)
+    return [f"member {desired[uid]} has team role {policies.member_roles(info).get(uid)!r}, policy says {role!r}"
+            for uid, role in policies.role_changes(both, admins, policies.member_roles(info))]
+
+
 async def check_drift(op: Operator, view: View, body: Any) -> None:
     """The drift timer of a ScimGroup."""
     name = body["metadata"]["name"]
@@ -301,9 +382,12 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
                     )
                 if policies.version(policy) != op.memory.teams.policies.get(name):
                     findings.append(f"policy in effect is now {policies.version(policy)[0] or 'none'}")
-                findings += policies.team_differences(policy.spec.team if policy else None, info)
+                refused = op.memory.teams.refused.get(name, {})
+                findings += policies.team_differences(policy.spec.team if policy else None, info, skip=refused)
                 desired = view.desired_members(name)
                 current = team_members(info)
+                if "role" not in refused:
+                    findings += _role_differences(view, policy, info, desired, current)
                 missing, extra = membership_differences(desired, current)
                 findings += [f"member {desired[m]} missing from team" for m in missing[:20]]
                 findings += [f"member {view.display(m)} in team but not in the group" for m in extra[:20]]

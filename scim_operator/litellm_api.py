@@ -306,6 +306,12 @@ class LiteLLM:
             if exc.kind != "team_member_already_in_team":
                 raise
 
+    async def member_update(self, team_id: str, user_id: str, role: str) -> None:
+        """Sets a member's role in the team (``admin`` or ``user``)."""
+        await self.call(
+            "POST", "/team/member_update", body={"team_id": team_id, "user_id": user_id, "role": role}
+        )
+
     async def member_delete(self, team_id: str, user_id: str) -> None:
         """Removes one member; a user that is not a member counts as success."""
         try:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from scim_contract import GROUP, USER
-from scim_operator import keys, metrics
+from scim_operator import keys, metrics, policies
 from scim_operator.context import Operator, failure_reason
 from scim_operator.litellm_api import LiteLLMError
 from scim_operator.objects import (
@@ -140,9 +140,10 @@ def status_ok(
     # What LiteLLM was told and acknowledged, not what is desired: a pending difference must not
     # look applied.
     members = len(view.memory.members.in_team.get(name, ()))
-    conds = set_condition(
-        st.get("conditions"), "Synced", True, "Synced", f"LiteLLM team {team_id} matches this group", gen
-    )
+    # Part of the policy refused by LiteLLM: not synced, though the team is usable (Ready).
+    reason, message = policies.refusal(view.memory.teams.refused.get(name, {})) or (
+        "Synced", f"LiteLLM team {team_id} matches this group")
+    conds = set_condition(st.get("conditions"), "Synced", reason == "Synced", reason, message, gen)
     conds = set_condition(
         conds, "Ready", True, "TeamReady", f"LiteLLM team {team_id} has {members} member(s)", gen
     )

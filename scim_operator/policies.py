@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from scim_contract import LabelSelector, ScimTeamPolicySpec, TeamSettings, fold
+from scim_contract import LabelSelector, PolicySelector, ScimTeamPolicySpec, TeamSettings, fold
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,11 @@ def _labels_match(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
 
 def selects(spec: ScimTeamPolicySpec, group: GroupFacts) -> bool:
     """Whether the policy's selector (not its ``default`` flag) selects the group."""
-    sel = spec.selector
+    return matches(spec.selector, group)
+
+
+def matches(sel: PolicySelector | None, group: GroupFacts) -> bool:
+    """Whether a selector (a policy's, or its ``team.adminGroups``) selects the group."""
     if sel is None:
         return False
     criteria = 0
@@ -113,7 +117,29 @@ _TEAM_FIELDS = {
     "tpmLimit": "tpm_limit",
     "rpmLimit": "rpm_limit",
     "maxBudgetPerMember": "team_member_budget",
+    "memberBudgetDuration": "team_member_budget_duration",
+    "tags": "tags",
+    "guardrails": "guardrails",
+    "blocked": "blocked",
+    "objectPermission": "object_permission",
 }
+# objectPermission field -> LiteLLM object_permission field.
+_PERMISSION_FIELDS = {
+    "mcpServers": "mcp_servers",
+    "mcpAccessGroups": "mcp_access_groups",
+    "vectorStores": "vector_stores",
+    "agents": "agents",
+    "agentAccessGroups": "agent_access_groups",
+}
+# The LiteLLM fields a policy may set, in the order its request sends them.
+TEAM_FIELD_NAMES = tuple(_TEAM_FIELDS.values())
+
+
+def _litellm_value(ours: str, value: Any) -> Any:
+    if ours == "objectPermission":
+        return {theirs: getattr(value, mine) for mine, theirs in _PERMISSION_FIELDS.items()
+                if getattr(value, mine) is not None}
+    return value
 
 
 def team_fields(team: TeamSettings | None) -> dict[str, Any]:
@@ -121,32 +147,55 @@ def team_fields(team: TeamSettings | None) -> dict[str, Any]:
     if team is None:
         return {}
     return {
-        litellm: getattr(team, ours) for ours, litellm in _TEAM_FIELDS.items() if getattr(team, ours) is not None
+        litellm: _litellm_value(ours, getattr(team, ours))
+        for ours, litellm in _TEAM_FIELDS.items() if getattr(team, ours) is not None
     }
+
+
+def _member_budget(info: Mapping[str, Any], key: str) -> Any:
+    # LiteLLM keeps the member budget in a budget row, shown as team_member_budget_table.
+    table = info.get("team_member_budget_table")
+    return table.get(key) if isinstance(table, dict) else None
 
 
 def _current(info: Mapping[str, Any], litellm_field: str) -> Any:
     if litellm_field == "team_member_budget":
-        # LiteLLM keeps the member budget in a budget row, shown as team_member_budget_table.
-        table = info.get("team_member_budget_table")
-        return table.get("max_budget") if isinstance(table, dict) else None
+        return _member_budget(info, "max_budget")
+    if litellm_field == "team_member_budget_duration":
+        return _member_budget(info, "budget_duration")
+    if litellm_field in ("tags", "guardrails"):
+        # LiteLLM stores these two in the team's metadata.
+        metadata = info.get("metadata")
+        return metadata.get(litellm_field) if isinstance(metadata, dict) else None
     return info.get(litellm_field)
 
 
 def _same(want: Any, have: Any) -> bool:
     if isinstance(want, list):
         return sorted(want) == sorted(have or [])
+    if isinstance(want, bool) or isinstance(have, bool):
+        return want is have
     if isinstance(want, float | int) and isinstance(have, float | int):
         return float(want) == float(have)
     return bool(want == have)
 
 
-def team_differences(team: TeamSettings | None, info: Mapping[str, Any]) -> list[str]:
-    """What a person should read about a LiteLLM team whose settings differ from its policy."""
+def team_differences(
+    team: TeamSettings | None, info: Mapping[str, Any], skip: Iterable[str] = ()
+) -> list[str]:
+    """What a person should read about a LiteLLM team whose settings differ from its policy.
+    ``skip``: LiteLLM fields not compared (ones the proxy refused, reported as such instead)."""
     found = []
+    left_out = set(skip)
     for litellm_field, want in team_fields(team).items():
+        if litellm_field in left_out:
+            continue
         have = _current(info, litellm_field)
-        if not _same(want, have):
+        if litellm_field == "object_permission":
+            held = have if isinstance(have, dict) else {}
+            found += [f"object_permission.{k} is {held.get(k)!r}, policy says {v!r}"
+                      for k, v in want.items() if not _same(v, held.get(k))]
+        elif not _same(want, have):
             found.append(f"{litellm_field} is {have!r}, policy says {want!r}")
     raw = info.get("metadata")
     metadata: Mapping[str, Any] = raw if isinstance(raw, dict) else {}
@@ -154,6 +203,51 @@ def team_differences(team: TeamSettings | None, info: Mapping[str, Any]) -> list
         if metadata.get(key) != want:
             found.append(f"metadata {key} is {metadata.get(key)!r}, policy says {want!r}")
     return found
+
+
+# ---- team member roles -----------------------------------------------------------------------
+# A team member's role in LiteLLM when ``team.adminGroups`` does not make it an admin.
+MEMBER_ROLE = "user"
+ADMIN_ROLE = "admin"
+
+
+def admin_groups(team: TeamSettings | None, groups: Iterable[GroupEntry]) -> list[str] | None:
+    """The ScimGroups whose members are admins of the team; None when the policy leaves member
+    roles alone (no ``adminGroups``)."""
+    if team is None or team.adminGroups is None:
+        return None
+    return sorted(g.facts.name for g in groups if matches(team.adminGroups, g.facts))
+
+
+def member_roles(info: Mapping[str, Any]) -> dict[str, str]:
+    """user_id -> role of a team's members, from ``/team/info``."""
+    roles: dict[str, str] = {}
+    for member in info.get("members_with_roles") or []:
+        if isinstance(member, dict) and member.get("user_id"):
+            roles[str(member["user_id"])] = str(member.get("role") or MEMBER_ROLE)
+    return roles
+
+
+def role_changes(members: Iterable[str], admins: set[str], current: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(user_id, role) for each of the group's members whose role differs from what the policy
+    gives it: ``admin`` for those in ``admins``, ``user`` for the others. ``current`` lacks members
+    just added (they joined as ``user``)."""
+    changes = []
+    for uid in sorted(members):
+        want = ADMIN_ROLE if uid in admins else MEMBER_ROLE
+        if current.get(uid, MEMBER_ROLE) != want:
+            changes.append((uid, want))
+    return changes
+
+
+def refusal(refused: Mapping[str, str]) -> tuple[str, str] | None:
+    """The group's condition reason and message (and Warning Event) for what LiteLLM refused of its
+    policy; None when it took everything. ``refused``: LiteLLM field (or ``role``) -> its answer."""
+    if not refused:
+        return None
+    reason = "MemberRoleRefused" if set(refused) == {"role"} else "PolicyFieldRefused"
+    parts = [answer if what == "role" else f"{what}: {answer}" for what, answer in sorted(refused.items())]
+    return reason, "LiteLLM refused part of the policy (the rest of the team is synced): " + "; ".join(parts)
 
 
 def team_metadata(current: Any, team: TeamSettings | None) -> dict[str, Any]:

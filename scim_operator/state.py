@@ -47,6 +47,10 @@ class TeamState:
     ids: dict[str, str] = field(default_factory=dict)
     # ScimGroup name -> (policy name, generation) its team was last reconciled with ("", 0): none.
     policies: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # ScimGroup name -> what LiteLLM refused of its policy at the last reconcile: LiteLLM field
+    # name (or ``role``, for member roles) -> LiteLLM's answer. Shown as Synced=False and left out
+    # of drift checks (retried at the group's next reconcile, not at every drift check).
+    refused: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
-from operator_helpers import Kube
+from operator_helpers import Admin, Kube, eventually
 
 import scim_contract as c
 from scim_operator.key_secrets import ANNOTATION_ROTATE
@@ -23,6 +23,14 @@ async def put_policy(kube: Kube, name: str, spec: dict[str, Any]) -> None:
         body["spec"] = spec
         await kube.objects.replace_namespaced_custom_object(
             c.API_GROUP, c.VERSION, kube.ns, c.POLICY.plural, name, body)
+
+
+async def create_users(kube: Kube, admin: Admin, names: list[str]) -> None:
+    """ScimUsers as the endpoint writes them, once each is a LiteLLM user."""
+    for name in names:
+        await kube.create(c.USER, name, {"userName": f"{name}@example.com"})
+    for name in names:
+        await eventually(lambda n=name: admin.user(n), what=f"user {name}")  # type: ignore[misc]
 
 
 async def secret_data(kube: Kube, name: str, namespace: str | None = None) -> dict[str, str] | None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from operator_helpers import Admin, Kube, OperatorProcess, eventually
-from policy_helpers import put_policy, secret, secret_data
+from policy_helpers import create_users, put_policy, secret, secret_data
 
 import scim_contract as c
 from litellm_scim import chart
@@ -19,13 +19,6 @@ pytestmark = [pytest.mark.litellm, pytest.mark.slow]
 def key_secret_namespaces(namespace: str) -> list[str]:
     """The chart is installed with key Secrets allowed where these tests' policies deliver them."""
     return [namespace, f"{namespace}-apps"]
-
-
-async def _users(kube: Kube, admin: Admin, names: list[str]) -> None:
-    for name in names:
-        await kube.create(c.USER, name, {"userName": f"{name}@example.com"})
-    for name in names:
-        await eventually(lambda n=name: admin.user(n), what=f"user {name}")  # type: ignore[misc]
 
 
 async def _keys_with_alias(admin: Admin, alias: str) -> list[dict[str, Any]]:
@@ -52,7 +45,7 @@ async def test_member_and_team_keys_are_delivered_and_revoked(
         "keys": {"perMember": {"enabled": True, "models": ["gpt-4o"], "maxBudget": 3, "duration": "30d"},
                  "perTeam": {"enabled": True, "secretNamespaces": [namespace, other_ns]}},
     })
-    await _users(kube_rw, admin, [ann, ben])
+    await create_users(kube_rw, admin, [ann, ben])
     await kube_rw.create(c.GROUP, group, {"displayName": f"Engineering {namespace}"})
     await kube_rw.set_members(group, [ann, ben])
 

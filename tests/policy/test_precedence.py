@@ -8,10 +8,15 @@ import pytest
 
 from scim_contract import TeamSettings
 from scim_operator.policies import (
+    GroupEntry,
     GroupFacts,
     Policy,
+    admin_groups,
     effective,
+    member_roles,
     parse_policy,
+    refusal,
+    role_changes,
     seconds,
     selects,
     team_differences,
@@ -126,3 +131,44 @@ def test_durations() -> None:
     assert seconds(None) is None
     with pytest.raises(ValueError):
         seconds("1d")
+
+
+def test_new_team_fields_and_their_differences() -> None:
+    team = TeamSettings(memberBudgetDuration="7d", blocked=True, tags=["a"],
+                        objectPermission={"mcpServers": ["m1"], "vectorStores": []})  # type: ignore[arg-type]
+    assert team_fields(team) == {"team_member_budget_duration": "7d", "tags": ["a"], "blocked": True,
+                                 "object_permission": {"mcp_servers": ["m1"], "vector_stores": []}}
+    info = {"blocked": 1, "metadata": {"tags": ["a"]},
+            "team_member_budget_table": {"budget_duration": "30d"},
+            "object_permission": {"mcp_servers": ["other"], "vector_stores": []}}
+    assert team_differences(team, info) == [
+        "team_member_budget_duration is '30d', policy says '7d'",
+        "blocked is 1, policy says True",
+        "object_permission.mcp_servers is ['other'], policy says ['m1']",
+    ]
+    # A field the proxy refused is reported as refused, not as drift.
+    assert team_differences(team, info, skip={"blocked", "team_member_budget_duration", "object_permission"}) == []
+
+
+def test_admin_groups_and_role_changes() -> None:
+    def entry(name: str, display: str) -> GroupEntry:
+        return GroupEntry(GroupFacts(name, display), policy="", synced=True)
+
+    groups = [entry("g-admins", "LLM-Admins"), entry("g-eng", "Engineering"), entry("g-ops", "llm-admins-ops")]
+    assert admin_groups(TeamSettings(), groups) is None  # roles are left alone
+    team = TeamSettings(adminGroups={"displayNamePattern": "llm-admins*"})  # type: ignore[arg-type]
+    assert admin_groups(team, groups) == ["g-admins", "g-ops"]
+    current = member_roles({"members_with_roles": [{"user_id": "ann", "role": "user"},
+                                                   {"user_id": "ben", "role": "admin"},
+                                                   {"user_id": "cat", "role": "user"}]})
+    # ann joins the admins, ben left them, cat stays a member, dan was just added (as user).
+    assert role_changes(["ann", "ben", "cat", "dan"], {"ann", "dan"}, current) == [
+        ("ann", "admin"), ("ben", "user"), ("dan", "admin")]
+
+
+def test_refusal_names_each_refused_part() -> None:
+    assert refusal({}) is None
+    reason, message = refusal({"role": "team role admin for ann: premium feature"}) or ("", "")
+    assert reason == "MemberRoleRefused" and "team role admin for ann" in message
+    reason, message = refusal({"tags": "Enterprise only", "role": "team role admin for ann: no"}) or ("", "")
+    assert reason == "PolicyFieldRefused" and "tags: Enterprise only" in message and "for ann" in message
