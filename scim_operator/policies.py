@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from scim_contract import LabelSelector, ScimTeamPolicySpec, TeamSettings, fold
+from scim_contract import LabelSelector, PolicySelector, ScimTeamPolicySpec, TeamSettings, fold
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,11 @@ def _labels_match(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
 
 def selects(spec: ScimTeamPolicySpec, group: GroupFacts) -> bool:
     """Whether the policy's selector (not its ``default`` flag) selects the group."""
-    sel = spec.selector
+    return selector_selects(spec.selector, group)
+
+
+def selector_selects(sel: PolicySelector | None, group: GroupFacts) -> bool:
+    """Whether a group selector (of a team or a user policy) selects the group."""
     if sel is None:
         return False
     criteria = 0
@@ -133,7 +137,8 @@ def _current(info: Mapping[str, Any], litellm_field: str) -> Any:
     return info.get(litellm_field)
 
 
-def _same(want: Any, have: Any) -> bool:
+def same_setting(want: Any, have: Any) -> bool:
+    """A setting's wanted and current LiteLLM value are the same (lists in any order, 1 == 1.0)."""
     if isinstance(want, list):
         return sorted(want) == sorted(have or [])
     if isinstance(want, float | int) and isinstance(have, float | int):
@@ -146,7 +151,7 @@ def team_differences(team: TeamSettings | None, info: Mapping[str, Any]) -> list
     found = []
     for litellm_field, want in team_fields(team).items():
         have = _current(info, litellm_field)
-        if not _same(want, have):
+        if not same_setting(want, have):
             found.append(f"{litellm_field} is {have!r}, policy says {want!r}")
     raw = info.get("metadata")
     metadata: Mapping[str, Any] = raw if isinstance(raw, dict) else {}
