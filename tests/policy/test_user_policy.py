@@ -49,6 +49,17 @@ def _status_is(kube: Kube, name: str, **want: Any) -> Callable[[], Any]:
     return probe
 
 
+async def _wide_row(kube: Kube, name: str) -> dict[str, Any]:
+    """The ScimUser's row as `kubectl get scimusers -o wide` prints it: the API server's Table,
+    built from the CRD's printer columns."""
+    table = await kube.objects.api_client.call_api(
+        f"/apis/{c.API_GROUP}/{c.VERSION}/namespaces/{kube.ns}/{c.USER.plural}/{name}", "GET",
+        header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+        response_types_map={200: "object"}, auth_settings=["BearerToken"], _return_http_data_only=True)
+    columns = [col["name"] for col in table["columnDefinitions"]]
+    return dict(zip(columns, table["rows"][0]["cells"], strict=True))
+
+
 async def test_admin_group_role_falls_back_to_the_default_when_the_member_leaves(
     scim: Callable[..., Any], start_operator: Callable[..., OperatorProcess],  # noqa: F811
     kube_rw: Kube, admin: Admin, namespace: str,
@@ -73,6 +84,8 @@ async def test_admin_group_role_falls_back_to_the_default_when_the_member_leaves
     assert info["user_email"] == f"alice-{namespace}@example.com"
     await eventually(_status_is(kube_rw, alice, policy="llm-admins", role="proxy_admin"),
                      what="user status names the role and its policy")
+    row = await _wide_row(kube_rw, alice)
+    assert (row["Role"], row["Policy"]) == ("proxy_admin", "llm-admins"), row
 
     # A user in no selected group gets the default policy's settings, all of them.
     bob = await _create_user(scim, f"bob-{namespace}@example.com")
