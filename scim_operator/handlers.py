@@ -186,11 +186,14 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
 
     @kopf.on.event(API_GROUP, VERSION, USER_POLICY.plural, id="user-policy-changed", registry=registry)
     @kopf.on.event(API_GROUP, VERSION, SHARD.plural, id="user-policy-members", registry=registry)
-    @kopf.on.event(API_GROUP, VERSION, GROUP.plural, id="user-policy-groups", registry=registry)
     async def user_policy_inputs(event: kopf.RawEvent, **kw: Any) -> None:
         if event.get("type") is None:
             return  # initial listing: every user's resume handler already asks for its policy
         user_policy_sync.sweep_soon(op, view(kw))
+
+    @kopf.on.event(API_GROUP, VERSION, GROUP.plural, id="user-policy-groups", registry=registry)
+    async def user_policy_groups(event: kopf.RawEvent, **kw: Any) -> None:
+        user_policy_sync.group_changed(op, view(kw), event)
 
     @kopf.timer(API_GROUP, VERSION, USER_POLICY.plural, id="user-policy-status",
                 interval=user_policy_sync.STATUS_INTERVAL, registry=registry)

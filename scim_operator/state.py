@@ -13,7 +13,7 @@ from typing import Any
 
 from scim_operator import policies, user_policies
 from scim_operator.objects import user_id_for
-from scim_operator.policies import GroupEntry, Policy
+from scim_operator.policies import GroupEntry, GroupFacts, Policy
 from scim_operator.user_policies import UserFacts, UserPolicy
 
 Index = Mapping[Any, Any]
@@ -45,6 +45,8 @@ class UserState:
     # The pass that re-reconciles users whose policy in force changed, and whether another is due.
     sweep_task: asyncio.Task[None] | None = None
     sweep_again: bool = False
+    # ScimGroup name -> what user selectors last saw of it, to tell its changes from status writes.
+    group_facts: dict[str, GroupFacts] = field(default_factory=dict)
     # The last count of users per ScimUserPolicy (``user_policy_sync.Summary``), shared by the
     # status timers of all policies.
     policy_summary: object | None = None

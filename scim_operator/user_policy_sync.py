@@ -17,10 +17,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from scim_contract import USER, USER_POLICY, ScimUserPolicySpec, ScimUserSpec
-from scim_operator import policies, user_policies, users
-from scim_operator.context import NotOwned, Operator
+from scim_operator import metrics, policies, user_policies, users
+from scim_operator.context import NotOwned, Operator, failure_reason
 from scim_operator.litellm_api import LiteLLMError
-from scim_operator.objects import set_condition
+from scim_operator.objects import failed_status, set_condition
 from scim_operator.policy_sync import same_status
 from scim_operator.resources import emit
 from scim_operator.state import View
@@ -37,6 +37,26 @@ REAPPLY_CONCURRENCY = 4
 # computation over every user serves all policies.
 STATUS_INTERVAL = 3.0
 SUMMARY_MAX_AGE = 1.0
+
+
+def group_changed(op: Operator, view: View, event: Any) -> None:
+    """A ScimGroup event: a pass only when what user selectors see of the group changed (its
+    name, externalId, labels, existence), not for the operator's own status writes."""
+    obj = event.get("object") or {}
+    meta = obj.get("metadata") or {}
+    name = str(meta.get("name") or "")
+    gone = event.get("type") == "DELETED" or bool(meta.get("deletionTimestamp"))
+    facts = None if gone else policies.group_entry(
+        name, dict(obj.get("spec") or {}), dict(meta.get("labels") or {}), {}).facts
+    seen = op.memory.users.group_facts
+    if seen.get(name) == facts:
+        return
+    if facts is None:
+        seen.pop(name, None)
+    else:
+        seen[name] = facts
+    if event.get("type") is not None:  # the initial listing only records what is there
+        sweep_soon(op, view)
 
 
 def sweep_soon(op: Operator, view: View) -> None:
@@ -96,12 +116,16 @@ async def reapply(op: Operator, view: View) -> bool:
                 return True  # the user's own handler reports an invalid spec
             try:
                 out = await users.apply_user(op, view, name, spec, dict(body.get("status") or {}))
-            except (NotOwned, LiteLLMError) as exc:
-                # The user's handler and drift check report these on the user; retried here too.
+            except NotOwned:
+                return True  # not ours to change: the user's handler and drift check report it
+            except LiteLLMError as exc:
+                # On the user, as its handler would; only a passing failure is worth a quick retry
+                # (a refusal is retried by the next change or the user's drift check).
                 log.warning("user policy not applied yet", extra={"fields": {"user": name, "error": str(exc)}})
-                return False
-            await op.resources.update_status(
-                USER, name, lambda st, _o: user_policies.settings_status(st, out.settings))
+                metrics.FAILURES.labels("user", failure_reason(exc)).inc()
+                await op.resources.update_status(USER, name, failed_status(failure_reason(exc), str(exc)))
+                return not exc.transient
+            await op.resources.update_status(USER, name, users.ok_status(out, view, name))
         for reason, message in out.events:
             emit(body, reason, message)
         return True

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,7 +136,7 @@ async def _unblock_keys(op: Operator, user_id: str, known: list[str], out: Outco
 
 def _policy(view: View, name: str, spec: ScimUserSpec, status: dict[str, Any]) -> tuple[UserPolicy | None, Wanted]:
     """The ScimUserPolicy in force for the user, and what it (or the role fallback) asks for."""
-    policy = view.user_policy_of(name, spec.model_dump())
+    policy = view.user_policy_of(name, spec.model_dump()) if view.user_policies else None
     return policy, user_policies.wanted(policy, status.get("role"))
 
 
@@ -202,6 +203,11 @@ def _status_ok(
         "litellm": {"userId": out.user_id, "blockedKeys": out.blocked},
         "conditions": conds,
     }
+
+
+def ok_status(out: Outcome, view: View, name: str) -> Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]:
+    """The status change of a user whose LiteLLM user now matches (for reconcilers besides this one)."""
+    return lambda st, obj: _status_ok(st, obj, out, view, name)
 
 
 async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:

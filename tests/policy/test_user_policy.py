@@ -95,6 +95,18 @@ async def test_admin_group_role_falls_back_to_the_default_when_the_member_leaves
     await eventually(_status_is(kube_rw, bob, policy="everyone", role="internal_user_viewer"),
                      what="default policy named in the user's status")
 
+    # A label an admin puts on bob's group (not a SCIM write) selects him for a label policy.
+    await put_user_policy(kube_rw, "gold", {"selector": {"labelSelector": {"matchLabels": {"tier": "gold"}}},
+                                            "priority": 20, "user": {"role": "proxy_admin_viewer"}})
+    status, ml = await scim("POST", "/Groups", {
+        "schemas": [GROUP], "displayName": f"ml-{namespace}", "members": [{"value": bob}]})
+    assert status == 201, ml
+    await kube_rw.objects.patch_namespaced_custom_object(
+        c.API_GROUP, c.VERSION, namespace, c.GROUP.plural, ml["id"], {"metadata": {"labels": {"tier": "gold"}}},
+        _content_type="application/merge-patch+json")
+    await eventually(_user_has(admin, bob, user_role="proxy_admin_viewer"), what="label on the group selects")
+    await eventually(_status_is(kube_rw, bob, policy="gold"), what="label policy in the user's status")
+
     # Entra removes alice from the admin group: the role falls back to the default's within seconds.
     started = time.monotonic()
     status, _ = await scim("PATCH", f"/Groups/{group['id']}", {
