@@ -14,9 +14,9 @@ import fnmatch
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from scim_contract import LabelSelector, PolicySelector, ScimTeamPolicySpec, TeamSettings, fold
 
@@ -32,23 +32,37 @@ class GroupFacts:
 
 
 @dataclass(frozen=True)
-class Policy:
+class Versioned:
+    """A policy object by name and generation (team and user policies alike)."""
+
     name: str
     generation: int
-    spec: ScimTeamPolicySpec
 
     @property
     def version(self) -> tuple[str, int]:
-        """Identifies what a group was reconciled with: changes when the policy or its edit changes."""
+        """Identifies what a group or user was reconciled with: changes when the policy or its edit changes."""
         return (self.name, self.generation)
 
 
-def parse_policy(name: str, generation: int, spec: Mapping[str, Any]) -> Policy | None:
+@dataclass(frozen=True)
+class Policy(Versioned):
+    spec: ScimTeamPolicySpec
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def valid_spec(model: type[Model], spec: Mapping[str, Any]) -> Model | None:
     """None for a spec the CRD schema let through but the model rejects (reported on the policy)."""
     try:
-        return Policy(name, generation, ScimTeamPolicySpec.model_validate(dict(spec)))
+        return model.model_validate(dict(spec))
     except ValidationError:
         return None
+
+
+def parse_policy(name: str, generation: int, spec: Mapping[str, Any]) -> Policy | None:
+    parsed = valid_spec(ScimTeamPolicySpec, spec)
+    return Policy(name, generation, parsed) if parsed is not None else None
 
 
 def _labels_match(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
@@ -120,13 +134,16 @@ _TEAM_FIELDS = {
 }
 
 
-def team_fields(team: TeamSettings | None) -> dict[str, Any]:
-    """The LiteLLM team fields a policy sets; unset fields are left to LiteLLM (not cleared)."""
-    if team is None:
+def litellm_fields(settings: BaseModel | None, names: Mapping[str, str]) -> dict[str, Any]:
+    """The LiteLLM fields (``names``: policy field -> LiteLLM field) a policy's settings set; unset
+    fields are left to LiteLLM (not cleared)."""
+    if settings is None:
         return {}
-    return {
-        litellm: getattr(team, ours) for ours, litellm in _TEAM_FIELDS.items() if getattr(team, ours) is not None
-    }
+    return {litellm: getattr(settings, ours) for ours, litellm in names.items() if getattr(settings, ours) is not None}
+
+
+def team_fields(team: TeamSettings | None) -> dict[str, Any]:
+    return litellm_fields(team, _TEAM_FIELDS)
 
 
 def _current(info: Mapping[str, Any], litellm_field: str) -> Any:

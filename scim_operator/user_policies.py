@@ -22,33 +22,28 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
 from scim_contract import ScimUserPolicySpec, UserSettings, fold
-from scim_operator.policies import GroupFacts, same_setting, selector_selects
+from scim_operator.policies import (
+    GroupFacts,
+    Versioned,
+    litellm_fields,
+    same_setting,
+    selector_selects,
+    valid_spec,
+)
 
 # The role of a user no policy applies to any more, after one had set its role.
 FALLBACK_ROLE = "internal_user"
 
 
 @dataclass(frozen=True)
-class UserPolicy:
-    name: str
-    generation: int
+class UserPolicy(Versioned):
     spec: ScimUserPolicySpec
-
-    @property
-    def version(self) -> tuple[str, int]:
-        """Identifies what a user was reconciled with: changes when the policy or its edit changes."""
-        return (self.name, self.generation)
 
 
 def parse_user_policy(name: str, generation: int, spec: Mapping[str, Any]) -> UserPolicy | None:
-    """None for a spec the CRD schema let through but the model rejects (reported on the policy)."""
-    try:
-        return UserPolicy(name, generation, ScimUserPolicySpec.model_validate(dict(spec)))
-    except ValidationError:
-        return None
+    parsed = valid_spec(ScimUserPolicySpec, spec)
+    return UserPolicy(name, generation, parsed) if parsed is not None else None
 
 
 @dataclass(frozen=True)
@@ -127,14 +122,7 @@ _USER_FIELDS = {
 
 
 def user_fields(settings: UserSettings | None) -> dict[str, Any]:
-    """The LiteLLM user fields a policy sets; unset fields are left to LiteLLM (not cleared)."""
-    if settings is None:
-        return {}
-    return {
-        litellm: getattr(settings, ours)
-        for ours, litellm in _USER_FIELDS.items()
-        if getattr(settings, ours) is not None
-    }
+    return litellm_fields(settings, _USER_FIELDS)
 
 
 @dataclass(frozen=True)
