@@ -2,6 +2,7 @@
 resources whose manifests live in ``crds/``. Neither half imports the other; both import this."""
 
 from scim_contract.models import (
+    USER_SELECTOR_ATTRIBUTES,
     Address,
     Condition,
     Enterprise,
@@ -21,9 +22,13 @@ from scim_contract.models import (
     ScimNameClaimSpec,
     ScimTeamPolicySpec,
     ScimTeamPolicyStatus,
+    ScimUserPolicySpec,
+    ScimUserPolicyStatus,
     ScimUserSpec,
     ScimUserStatus,
     TeamSettings,
+    UserSelector,
+    UserSettings,
 )
 from scim_contract.names import (
     ANNOTATION_LAST_MODIFIED,
@@ -37,6 +42,7 @@ from scim_contract.names import (
     SHARD,
     SHARDS,
     USER,
+    USER_POLICY,
     VERSION,
     ResourceKind,
     claim_name,
@@ -57,6 +63,8 @@ __all__ = [
     "SHARD",
     "SHARDS",
     "USER",
+    "USER_POLICY",
+    "USER_SELECTOR_ATTRIBUTES",
     "VERSION",
     "Address",
     "Condition",
@@ -78,9 +86,13 @@ __all__ = [
     "ScimNameClaimSpec",
     "ScimTeamPolicySpec",
     "ScimTeamPolicyStatus",
+    "ScimUserPolicySpec",
+    "ScimUserPolicyStatus",
     "ScimUserSpec",
     "ScimUserStatus",
     "TeamSettings",
+    "UserSelector",
+    "UserSettings",
     "claim_name",
     "fold",
     "shard_name",

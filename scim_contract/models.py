@@ -5,7 +5,7 @@ manifests and the code cannot drift apart."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -132,6 +132,8 @@ class ScimUserStatus(_Model):
     observedGeneration: int | None = None
     lastSyncTime: str | None = None
     groups: int | None = None
+    policy: str | None = None
+    role: str | None = None
     handledConfiguration: str | None = None
     litellm: LiteLLMUserRef | None = None
     conditions: list[Condition] | None = None
@@ -235,4 +237,41 @@ class ScimTeamPolicyStatus(_Model):
     observedGeneration: int | None = None
     selectedGroups: int | None = None
     syncedGroups: int | None = None
+    conditions: list[Condition] | None = None
+
+
+# ---- ScimUserPolicy ---------------------------------------------------------------------------
+# The user attributes a userSelector may name: stored SCIM attributes, the enterprise extension's
+# included (``manager`` is the manager's id, ``manager.value``).
+UserSelectorAttribute = Literal[
+    "department", "employeeNumber", "costCenter", "organization", "division", "manager", "userType", "title",
+]
+USER_SELECTOR_ATTRIBUTES: tuple[str, ...] = get_args(UserSelectorAttribute)
+UserRole = Literal["proxy_admin", "proxy_admin_viewer", "internal_user", "internal_user_viewer"]
+
+
+class UserSelector(_Model):
+    matchAttributes: dict[UserSelectorAttribute, str] | None = None
+
+
+class UserSettings(_Model):
+    role: UserRole | None = None
+    maxBudget: float | None = Field(None, ge=0)
+    budgetDuration: str | None = Field(None, pattern=_DURATION)
+    models: list[str] | None = None
+    tpmLimit: int | None = Field(None, ge=0)
+    rpmLimit: int | None = Field(None, ge=0)
+
+
+class ScimUserPolicySpec(_Model):
+    selector: PolicySelector | None = None
+    userSelector: UserSelector | None = None
+    default: bool = False
+    priority: int = 0
+    user: UserSettings | None = None
+
+
+class ScimUserPolicyStatus(_Model):
+    observedGeneration: int | None = None
+    selectedUsers: int | None = None
     conditions: list[Condition] | None = None

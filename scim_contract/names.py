@@ -26,6 +26,7 @@ GROUP = ResourceKind("ScimGroup", "scimgroups")
 SHARD = ResourceKind("ScimMemberShard", "scimmembershards")
 CLAIM = ResourceKind("ScimNameClaim", "scimnameclaims")
 POLICY = ResourceKind("ScimTeamPolicy", "scimteampolicies")
+USER_POLICY = ResourceKind("ScimUserPolicy", "scimuserpolicies")
 
 # The operator's finalizer on ScimUsers and ScimGroups: LiteLLM access is removed before the
 # resource goes. The endpoint creates both with it already set, which spares the operator a write

@@ -11,11 +11,22 @@ from typing import Any
 
 import kopf
 
-from scim_contract import API_GROUP, GROUP, POLICY, SHARD, USER, VERSION
-from scim_operator import group_keys, groups, key_secrets, membership, policies, policy_sync, users
+from scim_contract import API_GROUP, GROUP, POLICY, SHARD, USER, USER_POLICY, VERSION
+from scim_operator import (
+    group_keys,
+    groups,
+    key_secrets,
+    membership,
+    policies,
+    policy_sync,
+    user_policies,
+    user_policy_sync,
+    users,
+)
 from scim_operator.context import Operator, connection_info
 from scim_operator.policies import GroupEntry, Policy
 from scim_operator.state import UserEntry, View
+from scim_operator.user_policies import UserPolicy
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +58,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
             member_groups=kw["member_index"],
             policies=kw["policy_index"],
             groups=kw["group_index"],
+            user_policies=kw["user_policy_index"],
         )
 
     # ---- indexes: the desired memberships, kept by Kopf from the watch streams -------------------
@@ -59,7 +71,8 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         user_name = spec.get("userName")
         synced = bool((status.get("litellm") or {}).get("userId"))
         return {name: UserEntry(synced=synced, user_name=str(user_name) if user_name else None,
-                                active=spec.get("active", True) is not False)}
+                                active=spec.get("active", True) is not False,
+                                attributes=user_policies.user_attributes(spec))}
 
     @kopf.index(API_GROUP, VERSION, SHARD.plural, id="shard_index", registry=registry)
     async def shard_index(name: str, spec: Any, **_: Any) -> dict[str, tuple[str, tuple[str, ...], int]]:
@@ -162,5 +175,29 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
                 registry=registry)
     async def policy_status(name: str, body: kopf.Body, **kw: Any) -> None:
         await policy_sync.refresh_status(op, view(kw), name, body)
+
+    # ---- ScimUserPolicy: users' settings follow policies, group membership and group labels ---
+    @kopf.index(API_GROUP, VERSION, USER_POLICY.plural, id="user_policy_index", registry=registry)
+    async def user_policy_index(name: str, meta: Any, spec: Any, **_: Any) -> dict[str, UserPolicy]:
+        if meta.get("deletionTimestamp"):
+            return {}
+        parsed = user_policies.parse_user_policy(name, int(meta.get("generation") or 0), dict(spec))
+        return {name: parsed} if parsed is not None else {}
+
+    @kopf.on.event(API_GROUP, VERSION, USER_POLICY.plural, id="user-policy-changed", registry=registry)
+    @kopf.on.event(API_GROUP, VERSION, SHARD.plural, id="user-policy-members", registry=registry)
+    async def user_policy_inputs(event: kopf.RawEvent, **kw: Any) -> None:
+        if event.get("type") is None:
+            return  # initial listing: every user's resume handler already asks for its policy
+        user_policy_sync.sweep_soon(op, view(kw))
+
+    @kopf.on.event(API_GROUP, VERSION, GROUP.plural, id="user-policy-groups", registry=registry)
+    async def user_policy_groups(event: kopf.RawEvent, **kw: Any) -> None:
+        user_policy_sync.group_changed(op, view(kw), event)
+
+    @kopf.timer(API_GROUP, VERSION, USER_POLICY.plural, id="user-policy-status",
+                interval=user_policy_sync.STATUS_INTERVAL, registry=registry)
+    async def user_policy_status(name: str, body: kopf.Body, **kw: Any) -> None:
+        await user_policy_sync.refresh_status(op, view(kw), name, body)
 
     return registry

@@ -6,11 +6,12 @@ condition's transition time moves) is testable without a proxy."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from scim_common import clock
 from scim_contract import ScimGroupSpec, ScimUserSpec
+from scim_operator.user_policies import Wanted, differences
 
 
 def now() -> str:
@@ -61,11 +62,14 @@ class DesiredUser:
     email: str | None
     alias: str | None
     active: bool
+    # Role, budget, models and limits from the ScimUserPolicy in force (see ``user_policies``).
+    settings: Wanted = field(default_factory=Wanted)
 
     def new_body(self, tag: str, namespace: str, name: str) -> dict[str, Any]:
         body: dict[str, Any] = {
             "user_id": self.user_id,
             "metadata": merged_metadata({}, tag, namespace, name),
+            **self.settings.fields,
         }
         if self.email:
             body["user_email"] = self.email
@@ -74,12 +78,13 @@ class DesiredUser:
         return body
 
 
-def desired_user(name: str, spec: ScimUserSpec) -> DesiredUser:
+def desired_user(name: str, spec: ScimUserSpec, settings: Wanted | None = None) -> DesiredUser:
     return DesiredUser(
         user_id=user_id_for(name),
         email=spec.primary_email(),
         alias=spec.displayName or None,
         active=spec.active,
+        settings=settings or Wanted(),
     )
 
 
@@ -91,7 +96,7 @@ def user_differences(desired: DesiredUser, info: dict[str, Any]) -> list[str]:
         found.append("email differs from the ScimUser's")
     if desired.alias and (info.get("user_alias") or "") != desired.alias:
         found.append(f"alias is {info.get('user_alias')!r}, expected {desired.alias!r}")
-    return found
+    return found + differences(desired.settings, info)
 
 
 # ---- teams -----------------------------------------------------------------------------------

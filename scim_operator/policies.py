@@ -14,9 +14,9 @@ import fnmatch
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from scim_contract import LabelSelector, PolicySelector, ScimTeamPolicySpec, TeamSettings, fold
 
@@ -32,23 +32,37 @@ class GroupFacts:
 
 
 @dataclass(frozen=True)
-class Policy:
+class Versioned:
+    """A policy object by name and generation (team and user policies alike)."""
+
     name: str
     generation: int
-    spec: ScimTeamPolicySpec
 
     @property
     def version(self) -> tuple[str, int]:
-        """Identifies what a group was reconciled with: changes when the policy or its edit changes."""
+        """Identifies what a group or user was reconciled with: changes when the policy or its edit changes."""
         return (self.name, self.generation)
 
 
-def parse_policy(name: str, generation: int, spec: Mapping[str, Any]) -> Policy | None:
+@dataclass(frozen=True)
+class Policy(Versioned):
+    spec: ScimTeamPolicySpec
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def valid_spec(model: type[Model], spec: Mapping[str, Any]) -> Model | None:
     """None for a spec the CRD schema let through but the model rejects (reported on the policy)."""
     try:
-        return Policy(name, generation, ScimTeamPolicySpec.model_validate(dict(spec)))
+        return model.model_validate(dict(spec))
     except ValidationError:
         return None
+
+
+def parse_policy(name: str, generation: int, spec: Mapping[str, Any]) -> Policy | None:
+    parsed = valid_spec(ScimTeamPolicySpec, spec)
+    return Policy(name, generation, parsed) if parsed is not None else None
 
 
 def _labels_match(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
@@ -71,11 +85,11 @@ def _labels_match(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
 
 def selects(spec: ScimTeamPolicySpec, group: GroupFacts) -> bool:
     """Whether the policy's selector (not its ``default`` flag) selects the group."""
-    return matches(spec.selector, group)
+    return selector_selects(spec.selector, group)
 
 
-def matches(sel: PolicySelector | None, group: GroupFacts) -> bool:
-    """Whether a selector (a policy's, or its ``team.adminGroups``) selects the group."""
+def selector_selects(sel: PolicySelector | None, group: GroupFacts) -> bool:
+    """Whether a group selector (of a team or a user policy) selects the group."""
     if sel is None:
         return False
     criteria = 0
@@ -142,14 +156,17 @@ def _litellm_value(ours: str, value: Any) -> Any:
     return value
 
 
-def team_fields(team: TeamSettings | None) -> dict[str, Any]:
-    """The LiteLLM team fields a policy sets; unset fields are left to LiteLLM (not cleared)."""
-    if team is None:
+def litellm_fields(settings: BaseModel | None, names: Mapping[str, str]) -> dict[str, Any]:
+    """The LiteLLM fields (``names``: policy field -> LiteLLM field) a policy's settings set; unset
+    fields are left to LiteLLM (not cleared)."""
+    if settings is None:
         return {}
-    return {
-        litellm: _litellm_value(ours, getattr(team, ours))
-        for ours, litellm in _TEAM_FIELDS.items() if getattr(team, ours) is not None
-    }
+    return {litellm: _litellm_value(ours, getattr(settings, ours))
+            for ours, litellm in names.items() if getattr(settings, ours) is not None}
+
+
+def team_fields(team: TeamSettings | None) -> dict[str, Any]:
+    return litellm_fields(team, _TEAM_FIELDS)
 
 
 def _member_budget(info: Mapping[str, Any], key: str) -> Any:
@@ -170,7 +187,8 @@ def _current(info: Mapping[str, Any], litellm_field: str) -> Any:
     return info.get(litellm_field)
 
 
-def _same(want: Any, have: Any) -> bool:
+def same_setting(want: Any, have: Any) -> bool:
+    """A setting's wanted and current LiteLLM value are the same (lists in any order, 1 == 1.0)."""
     if isinstance(want, list):
         return sorted(want) == sorted(have or [])
     if isinstance(want, bool) or isinstance(have, bool):
@@ -194,8 +212,8 @@ def team_differences(
         if litellm_field == "object_permission":
             held = have if isinstance(have, dict) else {}
             found += [f"object_permission.{k} is {held.get(k)!r}, policy says {v!r}"
-                      for k, v in want.items() if not _same(v, held.get(k))]
-        elif not _same(want, have):
+                      for k, v in want.items() if not same_setting(v, held.get(k))]
+        elif not same_setting(want, have):
             found.append(f"{litellm_field} is {have!r}, policy says {want!r}")
     raw = info.get("metadata")
     metadata: Mapping[str, Any] = raw if isinstance(raw, dict) else {}
@@ -216,7 +234,7 @@ def admin_groups(team: TeamSettings | None, groups: Iterable[GroupEntry]) -> lis
     roles alone (no ``adminGroups``)."""
     if team is None or team.adminGroups is None:
         return None
-    return sorted(g.facts.name for g in groups if matches(team.adminGroups, g.facts))
+    return sorted(g.facts.name for g in groups if selector_selects(team.adminGroups, g.facts))
 
 
 def member_roles(info: Mapping[str, Any]) -> dict[str, str]:

@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from scim_operator import policies
+from scim_operator import policies, user_policies
 from scim_operator.objects import user_id_for
-from scim_operator.policies import Policy
+from scim_operator.policies import GroupEntry, GroupFacts, Policy
+from scim_operator.user_policies import UserFacts, UserPolicy
 
 Index = Mapping[Any, Any]
 
@@ -27,6 +28,8 @@ class UserEntry:
     synced: bool
     user_name: str | None
     active: bool = True
+    # What a ScimUserPolicy's userSelector may match (``user_policies.user_attributes``).
+    attributes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -37,6 +40,16 @@ class UserState:
     ready: dict[str, str] = field(default_factory=dict)
     # ScimUsers being deleted: never add them to a team again.
     deleting: set[str] = field(default_factory=set)
+    # ScimUser name -> (ScimUserPolicy name, generation) its LiteLLM user was last reconciled with.
+    policies: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # The pass that re-reconciles users whose policy in force changed, and whether another is due.
+    sweep_task: asyncio.Task[None] | None = None
+    sweep_again: bool = False
+    # ScimGroup name -> what user selectors last saw of it, to tell its changes from status writes.
+    group_facts: dict[str, GroupFacts] = field(default_factory=dict)
+    # The last count of users per ScimUserPolicy (``user_policy_sync.Summary``), shared by the
+    # status timers of all policies.
+    policy_summary: object | None = None
 
 
 @dataclass
@@ -118,6 +131,8 @@ class View:
     # ScimTeamPolicy name -> Policy; ScimGroup name -> GroupEntry (see ``policies``).
     policies: Index = field(default_factory=dict)
     groups: Index = field(default_factory=dict)
+    # ScimUserPolicy name -> UserPolicy (see ``user_policies``).
+    user_policies: Index = field(default_factory=dict)
 
     def _entry(self, name: str) -> UserEntry | None:
         store = self.users.get(name)
@@ -163,3 +178,26 @@ class View:
         """The policy in force for a group (see ``policies.in_force``); ``spec``: the group's spec
         when the caller holds its body."""
         return policies.in_force(self.policies, self.groups, group, spec)
+
+    def user_facts(self, name: str, spec: Mapping[str, Any] | None = None) -> UserFacts:
+        """What user selectors see of a user: its attributes (from ``spec`` when the caller holds
+        the user's body, fresher than the index) and the groups that list it directly."""
+        entry = self._entry(name)
+        if spec is not None:
+            attributes: Mapping[str, str] = user_policies.user_attributes(spec)
+        else:
+            attributes = entry.attributes if entry is not None else {}
+        groups = []
+        for group in self.groups_of(name):
+            found = next(iter(self.groups.get(group) or ()), None)
+            if isinstance(found, GroupEntry):
+                groups.append(found.facts)
+        return UserFacts(name, attributes, tuple(groups))
+
+    def user_policy_of(self, name: str, spec: Mapping[str, Any] | None = None) -> UserPolicy | None:
+        """The ScimUserPolicy in force for a user (see ``user_policies.effective``)."""
+        every = policies.indexed(self.user_policies)
+        if not every:
+            return None
+        return user_policies.effective(every, self.user_facts(name, spec))
+

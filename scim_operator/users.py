@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,7 @@ import kopf
 from pydantic import ValidationError
 
 from scim_contract import USER, ScimUserSpec
-from scim_operator import context, group_keys, membership, metrics
+from scim_operator import context, group_keys, membership, metrics, user_policies
 from scim_operator.context import NotOwned, Operator, failure_reason, reconcile_failed, retry_later
 from scim_operator.litellm_api import LiteLLMError
 from scim_operator.objects import (
@@ -30,6 +31,7 @@ from scim_operator.objects import (
 )
 from scim_operator.resources import emit
 from scim_operator.state import View
+from scim_operator.user_policies import UserPolicy, Wanted
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ class Outcome:
     user_id: str
     blocked: list[str]
     events: list[tuple[str, str]] = field(default_factory=list)
+    settings: Wanted = field(default_factory=Wanted)
 
 
 def _spec(body: Any) -> ScimUserSpec:
@@ -62,7 +65,8 @@ async def _ensure_user(op: Operator, name: str, desired: DesiredUser, out: Outco
     if info is None:
         try:
             await op.litellm.user_new(desired.new_body(s.owner_tag, op.namespace, name))
-            out.events.append(("Created", f"created LiteLLM user {desired.user_id}"))
+            given = f" with role {desired.settings.role} ({desired.settings.why()})" if desired.settings.role else ""
+            out.events.append(("Created", f"created LiteLLM user {desired.user_id}{given}"))
             return
         except LiteLLMError as exc:
             # A create that landed before a crash or a concurrent retry: verify ownership below.
@@ -87,9 +91,14 @@ async def _ensure_user(op: Operator, name: str, desired: DesiredUser, out: Outco
             body["user_email"] = desired.email
         if desired.alias:
             body["user_alias"] = desired.alias
+        body.update(desired.settings.fields)
         await op.litellm.user_update(body)
         what = "; ".join(differences) if differences else "ownership tag added (adopted)"
         out.events.append(("Updated", f"updated LiteLLM user {desired.user_id}: {what}"))
+        wanted_role = desired.settings.role
+        if wanted_role is not None and info.get("user_role") != wanted_role:
+            out.events.append(("RoleChanged", f"LiteLLM role of {desired.user_id} changed from "
+                                              f"{info.get('user_role')} to {wanted_role} ({desired.settings.why()})"))
 
 
 async def _block_keys(op: Operator, name: str, user_id: str, known: list[str], out: Outcome) -> None:
@@ -125,12 +134,19 @@ async def _unblock_keys(op: Operator, user_id: str, known: list[str], out: Outco
     out.blocked = []
 
 
+def _policy(view: View, name: str, spec: ScimUserSpec, status: dict[str, Any]) -> tuple[UserPolicy | None, Wanted]:
+    """The ScimUserPolicy in force for the user, and what it (or the role fallback) asks for."""
+    policy = view.user_policy_of(name, spec.model_dump()) if view.user_policies else None
+    return policy, user_policies.wanted(policy, status.get("role"))
+
+
 async def apply_user(
     op: Operator, view: View, name: str, spec: ScimUserSpec, status: dict[str, Any]
 ) -> Outcome:
-    desired = desired_user(name, spec)
+    policy, settings = _policy(view, name, spec, status)
+    desired = desired_user(name, spec, settings)
     known_blocked = list((status.get("litellm") or {}).get("blockedKeys") or [])
-    out = Outcome(user_id=desired.user_id, blocked=known_blocked)
+    out = Outcome(user_id=desired.user_id, blocked=known_blocked, settings=settings)
     previously_ours = bool((status.get("litellm") or {}).get("userId"))
     # Security first: a deactivated user we already manage loses access before anything else.
     blocked_early = False
@@ -145,6 +161,7 @@ async def apply_user(
 
     was_ready = view.user_ready(name)
     op.memory.users.ready[name] = desired.user_id
+    op.memory.users.policies[name] = user_policies.version(policy)
     if not was_ready:
         # Groups that listed this user before it existed: join their teams now. Reading the index
         # right after marking the user ready (no await in between) leaves no window in which a shard
@@ -179,13 +196,18 @@ def _status_ok(
     if not any(c.get("type") == "Drifted" for c in conds):
         conds = set_condition(conds, "Drifted", False, "InSync", "no drift found", gen)
     return {
-        **st,
+        **user_policies.settings_status(st, out.settings),
         "observedGeneration": gen,
         "lastSyncTime": now(),
         "groups": len(view.groups_of(name)),
         "litellm": {"userId": out.user_id, "blockedKeys": out.blocked},
         "conditions": conds,
     }
+
+
+def ok_status(out: Outcome, view: View, name: str) -> Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]:
+    """The status change of a user whose LiteLLM user now matches (for reconcilers besides this one)."""
+    return lambda st, obj: _status_ok(st, obj, out, view, name)
 
 
 async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
@@ -221,6 +243,7 @@ async def delete(op: Operator, body: Any, retry: int) -> None:
     op.diffbase.forget(body)
     op.memory.users.deleting.add(name)
     op.memory.users.ready.pop(name, None)
+    op.memory.users.policies.pop(name, None)
     user_id = (body.get("status") or {}).get("litellm", {}).get("userId") or user_id_for(name)
     async with op.memory.lock("user", name):
         try:
@@ -260,7 +283,7 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
         spec = _spec(body)
     except kopf.PermanentError:
         return
-    desired = desired_user(name, spec)
+    desired = desired_user(name, spec, _policy(view, name, spec, status)[1])
     async with op.memory.lock("user", name):
         try:
             findings: list[str] = []

@@ -49,6 +49,8 @@ def _fields(model: type[BaseModel], schema: dict[str, Any], path: str) -> list[s
         ("ScimNameClaim", "spec", c.ScimNameClaimSpec),
         ("ScimTeamPolicy", "spec", c.ScimTeamPolicySpec),
         ("ScimTeamPolicy", "status", c.ScimTeamPolicyStatus),
+        ("ScimUserPolicy", "spec", c.ScimUserPolicySpec),
+        ("ScimUserPolicy", "status", c.ScimUserPolicyStatus),
     ],
 )
 def test_models_match_crd_schema(kind: str, part: str, model: type[BaseModel]) -> None:

@@ -121,6 +121,7 @@ OPERATOR_LAYERS = {
     "users": 5,  # reconcilers that start from one resource
     "groups": 5,
     "policy_sync": 5,
+    "user_policy_sync": 5,
     "membership": 4,  # a group's members, and its status from what was applied
     "group_keys": 4,
     "keys": 3,  # the keys of one group
@@ -131,6 +132,7 @@ OPERATOR_LAYERS = {
     "secrets_api": 1,
     "bookkeeping": 1,
     "policies": 0,  # pure rules and formats, metrics
+    "user_policies": 0,
     "objects": 0,
     "key_secrets": 0,
     "priority": 0,

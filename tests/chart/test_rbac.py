@@ -143,11 +143,12 @@ def test_operator_reads_resources_writes_status_events_and_key_secrets_only_wher
         assert not allows(rules, GROUP, f"{kind}/status", "update")
         assert not allows(rules, GROUP, kind, "create"), "the spec is the endpoint's"
         assert not allows(rules, GROUP, kind, "delete")
-    for verb in ["get", "list", "watch", "patch"]:
-        assert allows(rules, GROUP, "scimteampolicies", verb)
-    assert allows(rules, GROUP, "scimteampolicies/status", "patch")
-    assert not allows(rules, GROUP, "scimteampolicies", "create")
-    assert not allows(rules, GROUP, "scimteampolicies", "delete")
+    for kind in ["scimteampolicies", "scimuserpolicies"]:
+        for verb in ["get", "list", "watch", "patch"]:
+            assert allows(rules, GROUP, kind, verb)
+        assert allows(rules, GROUP, f"{kind}/status", "patch")
+        assert not allows(rules, GROUP, kind, "create")
+        assert not allows(rules, GROUP, kind, "delete")
     for verb in ["get", "list", "watch"]:
         assert allows(rules, GROUP, "scimmembershards", verb)
     for verb in WRITE_VERBS:

@@ -13,16 +13,17 @@ import scim_contract as c
 from scim_operator.key_secrets import ANNOTATION_ROTATE
 
 
-async def put_policy(kube: Kube, name: str, spec: dict[str, Any]) -> None:
-    """Create the policy, or replace its spec (as `kubectl apply` would)."""
-    if await kube.get(c.POLICY, name) is None:
-        await kube.create(c.POLICY, name, spec)
+async def put_policy(kube: Kube, name: str, spec: dict[str, Any], kind: c.ResourceKind = c.POLICY) -> None:
+    """Create the policy (a ScimTeamPolicy unless ``kind`` says otherwise), or replace its spec (as
+    `kubectl apply` would)."""
+    if await kube.get(kind, name) is None:
+        await kube.create(kind, name, spec)
     else:
-        body = await kube.get(c.POLICY, name)
+        body = await kube.get(kind, name)
         assert body is not None
         body["spec"] = spec
         await kube.objects.replace_namespaced_custom_object(
-            c.API_GROUP, c.VERSION, kube.ns, c.POLICY.plural, name, body)
+            c.API_GROUP, c.VERSION, kube.ns, kind.plural, name, body)
 
 
 async def create_users(kube: Kube, admin: Admin, names: list[str]) -> None:
