@@ -23,7 +23,6 @@ from scim_operator.objects import (
     ownership,
     team_id_for,
     team_members,
-    user_id_for,
 )
 from scim_operator.policies import Policy
 from scim_operator.resources import emit
@@ -147,7 +146,7 @@ async def _leave_team(op: Operator, view: View, name: str, old: str, policy: Pol
         await op.litellm.team_delete(old)
         return [*done, "deleted it"]
     users, _ = view.group_member_ids(name)
-    ours = {user_id_for(u) for u in users} | view.memory.members.in_team.get(name, set())
+    ours = {view.memory.users.id_of(u) for u in users} | view.memory.members.in_team.get(name, set())
     leaving = sorted(set(team_members(info)) & ours)
     await membership.remove_members(op, old, leaving)
     return [*done, f"removed {len(leaving)} member(s) from it, kept it (deletion policy 'keep')"]
@@ -188,8 +187,7 @@ async def apply_group(
         await membership.add_members(op, team_id, newest_adds)
     await membership.remove_members(op, team_id, removes)
     membership.record_applied(op, name, shards, desired)
-    # ScimUser name and LiteLLM user_id are the same (see user_id_for).
-    membership.count_groups_later(op, view, sorted({*adds, *removes}))
+    membership.count_groups_later(op, view, sorted({op.memory.users.name_of(u) for u in {*adds, *removes}}))
     if adds:
         out.events.append(
             ("MembersAdded", f"added {len(adds)} member(s) to team {team_id}: {membership.names(adds, desired)}")

@@ -11,6 +11,7 @@ from typing import Any
 
 from scim_common import clock
 from scim_contract import ScimGroupSpec, ScimUserSpec
+from scim_operator import identity
 
 
 def now() -> str:
@@ -61,25 +62,31 @@ class DesiredUser:
     email: str | None
     alias: str | None
     active: bool
+    # Only on create: the proxy's /user/update ignores sso_user_id (measured on 1.108.7).
+    sso_user_id: str | None = None
 
     def new_body(self, tag: str, namespace: str, name: str) -> dict[str, Any]:
         body: dict[str, Any] = {
             "user_id": self.user_id,
-            "metadata": merged_metadata({}, tag, namespace, name),
+            "metadata": identity.marked(merged_metadata({}, tag, namespace, name), self.active),
         }
         if self.email:
             body["user_email"] = self.email
         if self.alias:
             body["user_alias"] = self.alias
+        if self.sso_user_id:
+            body["sso_user_id"] = self.sso_user_id
         return body
 
 
-def desired_user(name: str, spec: ScimUserSpec) -> DesiredUser:
+def desired_user(name: str, spec: ScimUserSpec, user_id: str | None = None) -> DesiredUser:
+    """``user_id``: the id chosen by the user id strategy (``identity.resolve``); the name by default."""
     return DesiredUser(
-        user_id=user_id_for(name),
+        user_id=user_id or user_id_for(name),
         email=spec.primary_email(),
         alias=spec.displayName or None,
         active=spec.active,
+        sso_user_id=identity.sso_user_id_of(spec),
     )
 
 
@@ -91,7 +98,7 @@ def user_differences(desired: DesiredUser, info: dict[str, Any]) -> list[str]:
         found.append("email differs from the ScimUser's")
     if desired.alias and (info.get("user_alias") or "") != desired.alias:
         found.append(f"alias is {info.get('user_alias')!r}, expected {desired.alias!r}")
-    return found
+    return found + identity.mark_differences(desired.active, info)
 
 
 # ---- teams -----------------------------------------------------------------------------------

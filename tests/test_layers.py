@@ -132,6 +132,7 @@ OPERATOR_LAYERS = {
     "bookkeeping": 1,
     "policies": 0,  # pure rules and formats, metrics
     "objects": 0,
+    "identity": 0,
     "key_secrets": 0,
     "priority": 0,
     "metrics": 0,
