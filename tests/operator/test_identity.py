@@ -8,7 +8,7 @@ import base64
 import json
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,16 +101,14 @@ async def test_a_scim_user_is_the_user_litellm_sso_signs_in(
     assert changed["status"] == "False" and oid in changed["message"]
     await eventually(lambda: warned(kube_rw, grace["id"], "UserIdChanged"), what="a Warning Event")
     assert await admin.user(grace["id"]) is None
-    status, _ = await scim("PATCH", f"/Users/{grace['id']}", patch("active", False))
-    assert status in (200, 204)
+    await set_active(scim, grace["id"], False)
 
     async def marked() -> dict[str, Any] | None:
         u = await admin.user(oid)
         return u if u and u["metadata"].get("scim_active") is False else None
 
     await eventually(marked, what="the user under its recorded id deactivated")
-    status, _ = await scim("PATCH", f"/Users/{grace['id']}", patch("active", True))
-    assert status in (200, 204)
+    await set_active(scim, grace["id"], True)
 
     # Under the default strategy SSO finds the user by sso_user_id (the externalId), not by user_id.
     okta_id = f"00u-{namespace}"
@@ -189,6 +187,21 @@ async def ui_login(url: str, email: str, password: str) -> tuple[int, str | None
         return resp.status, session_key(data["token"]) if resp.status == 200 else None
 
 
+async def set_active(scim: Callable[..., Any], uid: str, active: bool) -> None:
+    status, body = await scim("PATCH", f"/Users/{uid}", patch("active", active))
+    assert status in (200, 204), body
+
+
+async def answers(code: int, call: Callable[[], Awaitable[int]], what: str) -> None:
+    """Wait until ``call`` (a request to the proxy) answers ``code``."""
+
+    async def probe() -> int | None:
+        got = await call()
+        return got if got == code else None
+
+    await eventually(probe, what=what)
+
+
 async def as_key(url: str, key: str, method: str, path: str, body: Any = None) -> int:
     async with aiohttp.ClientSession() as plain, plain.request(
             method, url + path, json=body, headers={"Authorization": f"Bearer {key}"}) as resp:
@@ -220,14 +233,9 @@ async def test_deactivation_takes_the_account_not_only_its_keys(
     assert status == 200 and session
     assert await as_key(litellm.url, session, "GET", f"/user/info?user_id={uid}") == 200
 
-    status, _ = await scim("PATCH", f"/Users/{uid}", patch("active", False))
-    assert status in (200, 204)
-
-    async def refused() -> int | None:
-        code = await as_key(litellm.url, session, "GET", f"/user/info?user_id={uid}")
-        return code if code == 401 else None
-
-    await eventually(refused, what="the open UI session refused")
+    await set_active(scim, uid, False)
+    await answers(401, lambda: as_key(litellm.url, session, "GET", f"/user/info?user_id={uid}"),
+                  what="the open UI session refused")
     user = await admin.user(uid)
     assert user is not None and user["metadata"]["scim_active"] is False and user["metadata"]["cost_center"] == "42"
 
@@ -243,14 +251,54 @@ async def test_deactivation_takes_the_account_not_only_its_keys(
     assert status == 200 and again
     assert await as_key(litellm.url, again, "GET", f"/user/info?user_id={uid}") == 401
 
-    status, _ = await scim("PATCH", f"/Users/{uid}", patch("active", True))
-    assert status in (200, 204)
-
-    async def works() -> int | None:
-        code = await admin.models_status(later["key"])
-        return code if code == 200 else None
-
-    await eventually(works, what="the later key accepted after reactivation")
+    await set_active(scim, uid, True)
+    await answers(200, lambda: admin.models_status(later["key"]), what="the later key accepted after reactivation")
     assert await as_key(litellm.url, again, "GET", f"/user/info?user_id={uid}") == 200
     user = await admin.user(uid)
     assert user is not None and user["metadata"] == {TAG: f"{namespace}/{uid}", "cost_center": "42"}
+
+
+async def test_two_users_with_one_external_id_under_the_default_strategy(
+    scim: Callable[..., Any], start_operator: Callable[..., OperatorProcess], admin: Admin, kube_rw: Kube,
+    namespace: str,
+) -> None:
+    start_operator(drift_interval="600")
+    shared = f"ext-shared-{namespace}"
+    status, first = await scim("POST", "/Users", user_body(f"first-{namespace}@example.com", externalId=shared))
+    assert status == 201, first
+    user = await eventually(lambda: admin.user(first["id"]), what="first user")
+    assert user["sso_user_id"] == shared
+    status, second = await scim("POST", "/Users", user_body(f"second-{namespace}@example.com", externalId=shared))
+    assert status == 201, second
+
+    # LiteLLM keeps sso_user_id unique: the second person gets a user without it, and a Warning.
+    other = await eventually(lambda: admin.user(second["id"]), what="second user")
+    assert other["sso_user_id"] is None
+    await eventually(lambda: warned(kube_rw, second["id"], "SsoUserIdTaken"), what="a Warning Event")
+    await eventually(lambda: condition(kube_rw, second["id"], "Synced", "Synced"), what="Synced=True")
+    again = await admin.user(first["id"])
+    assert again is not None and again["sso_user_id"] == shared
+
+
+async def test_a_deactivation_mark_removed_in_litellm_is_put_back(
+    scim: Callable[..., Any], start_operator: Callable[..., OperatorProcess], admin: Admin, kube_rw: Kube,
+    namespace: str,
+) -> None:
+    start_operator(drift_interval="2")
+    status, user = await scim("POST", "/Users", user_body(f"mark-{namespace}@example.com", active=False))
+    assert status == 201, user
+    uid = user["id"]
+
+    async def mark() -> dict[str, Any] | None:
+        found = await admin.user(uid)
+        return found["metadata"] if found and found["metadata"].get("scim_active") is False else None
+
+    metadata = await eventually(mark, what="created already marked inactive")
+    status, _ = await admin.post("/user/update", {"user_id": uid, "metadata": {TAG: metadata[TAG]}})
+    assert status == 200
+    status, key = await admin.post("/key/generate", {"user_id": uid})
+    assert status == 200
+    await eventually(mark, what="the mark put back by the drift check")
+    await answers(401, lambda: admin.models_status(key["key"]), what="the key refused again")
+    corrected = await eventually(lambda: condition(kube_rw, uid, "Drifted", "Corrected"), what="Drifted Corrected")
+    assert "not marked inactive" in corrected["message"]
