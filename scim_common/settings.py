@@ -73,6 +73,11 @@ class OperatorSettings(CommonSettings):
         "name",
         description="LiteLLM team_id from the ScimGroup name, or from its externalId (same team as LiteLLM SSO sync)",
     )
+    user_id_strategy: Literal["name", "externalId", "userName"] = Field(
+        "name",
+        description="LiteLLM user_id from the ScimUser name (the SCIM id), its externalId or its userName: the id "
+        "LiteLLM's SSO login resolves the person by (kept per user once created; a change is refused)",
+    )
     deletion_policy: Literal["delete", "keep"] = Field(
         "delete", description="What happens to a LiteLLM team when its ScimGroup is deleted"
     )

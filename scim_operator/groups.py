@@ -24,7 +24,6 @@ from scim_operator.objects import (
     ownership,
     team_id_for,
     team_members,
-    user_id_for,
 )
 from scim_operator.policies import Policy
 from scim_operator.resources import emit
@@ -156,7 +155,7 @@ async def _apply_roles(
     chosen = policies.admin_groups(team, policies.indexed(view.groups))
     if chosen is None:
         return
-    admins = {user_id_for(u) for g in chosen for u in view.group_member_ids(g)[0]}
+    admins = {view.memory.users.id_of(u) for g in chosen for u in view.group_member_ids(g)[0]}
     changed: list[str] = []
     for uid, role in policies.role_changes(desired, admins, policies.member_roles(info or {})):
         if role == policies.ADMIN_ROLE and "role" in out.refused:
@@ -207,7 +206,7 @@ async def _leave_team(op: Operator, view: View, name: str, old: str, policy: Pol
         await op.litellm.team_delete(old)
         return [*done, "deleted it"]
     users, _ = view.group_member_ids(name)
-    ours = {user_id_for(u) for u in users} | view.memory.members.in_team.get(name, set())
+    ours = {view.memory.users.id_of(u) for u in users} | view.memory.members.in_team.get(name, set())
     leaving = sorted(set(team_members(info)) & ours)
     await membership.remove_members(op, old, leaving)
     return [*done, f"removed {len(leaving)} member(s) from it, kept it (deletion policy 'keep')"]
@@ -248,8 +247,7 @@ async def apply_group(
         await membership.add_members(op, team_id, newest_adds)
     await membership.remove_members(op, team_id, removes)
     membership.record_applied(op, name, shards, desired)
-    # ScimUser name and LiteLLM user_id are the same (see user_id_for).
-    membership.count_groups_later(op, view, sorted({*adds, *removes}))
+    membership.count_groups_later(op, view, sorted({op.memory.users.name_of(u) for u in {*adds, *removes}}))
     if adds:
         out.events.append(
             ("MembersAdded", f"added {len(adds)} member(s) to team {team_id}: {membership.names(adds, desired)}")
@@ -351,7 +349,7 @@ def _role_differences(
     chosen = policies.admin_groups(policy.spec.team if policy else None, policies.indexed(view.groups))
     if chosen is None:
         return []
-    admins = {user_id_for(u) for g in chosen for u in view.group_member_ids(g)[0]}
+    admins = {view.memory.users.id_of(u) for g in chosen for u in view.group_member_ids(g)[0]}
     both = set(desired) & set(current)
     return [f"member {desired[uid]} has team role {policies.member_roles(info).get(uid)!r}, policy says {role!r}"
             for uid, role in policies.role_changes(both, admins, policies.member_roles(info))]

@@ -69,8 +69,10 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         if meta.get("deletionTimestamp"):
             return {}
         user_name = spec.get("userName")
-        synced = bool((status.get("litellm") or {}).get("userId"))
-        return {name: UserEntry(synced=synced, user_name=str(user_name) if user_name else None,
+        user_id = (status.get("litellm") or {}).get("userId")
+        if user_id:
+            op.memory.users.remember(name, str(user_id))
+        return {name: UserEntry(synced=bool(user_id), user_name=str(user_name) if user_name else None,
                                 active=spec.get("active", True) is not False,
                                 attributes=user_policies.user_attributes(spec))}
 

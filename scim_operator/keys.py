@@ -27,7 +27,7 @@ from scim_contract import GROUP, KeySpec
 from scim_operator import key_secrets as ks
 from scim_operator.context import Operator
 from scim_operator.litellm_api import LiteLLMError
-from scim_operator.objects import owner_value, set_condition, user_id_for
+from scim_operator.objects import owner_value, set_condition
 from scim_operator.policies import Policy, seconds
 from scim_operator.secrets_api import KeyDeliveryError
 from scim_operator.state import Memory, View
@@ -140,7 +140,7 @@ async def _owned(op: Operator, ref: ks.KeyRef, hashes: Iterable[str | None], *, 
             meta = key.get("metadata")
             if ((key.get("token") in wanted or (current and alias == main)) and isinstance(meta, dict)
                     and meta.get(op.settings.owner_tag) == _tag(op, ref)
-                    and (ref.user is None or key.get("user_id") == user_id_for(ref.user))):
+                    and (ref.user is None or key.get("user_id") == op.memory.users.id_of(ref.user))):
                 found.add(str(key["token"]))
     return sorted(found)
 
@@ -168,7 +168,7 @@ async def _generate(op: Operator, ref: ks.KeyRef, spec: KeySpec, team_id: str) -
         "metadata": {op.settings.owner_tag: _tag(op, ref), ks.ANN_GROUP: f"{ref.source_namespace}/{ref.group}"},
     }
     if ref.user:
-        body["user_id"] = user_id_for(ref.user)
+        body["user_id"] = op.memory.users.id_of(ref.user)
     if spec.models is not None:
         body["models"] = spec.models
     if spec.maxBudget is not None:

@@ -225,6 +225,15 @@ class LiteLLM:
         result: dict[str, Any] = await self.call("POST", "/user/new", body={**body, "auto_create_key": False})
         return result
 
+    async def user_with_sso_id(self, sso_user_id: str) -> str | None:
+        """The user_id of the user holding this ``sso_user_id`` (unique in LiteLLM), if any."""
+        data = await self.call("GET", "/user/list", params={"sso_user_ids": sso_user_id, "page_size": "2"})
+        users = data.get("users") if isinstance(data, dict) else None
+        for user in users or []:
+            if isinstance(user, dict) and user.get("sso_user_id") == sso_user_id and user.get("user_id"):
+                return str(user["user_id"])
+        return None
+
     async def user_update(self, body: dict[str, Any]) -> None:
         await self.call("POST", "/user/update", body=body)
 

@@ -24,7 +24,6 @@ from scim_operator.objects import (
     now,
     set_condition,
     team_members,
-    user_id_for,
 )
 from scim_operator.resources import emit, ref
 from scim_operator.secrets_api import KeyDeliveryError
@@ -191,10 +190,11 @@ async def shard_changed(op: Operator, view: View, event_type: str | None, body: 
                 op.memory.members.applied_shards[shard] = users
                 count_groups_later(op, view, sorted(users ^ old))
                 return
-            display = {user_id_for(n): view.display(n) for n in users | old}
-            adds = [user_id_for(n) for n in sorted(users - old) if view.user_ready(n)]
+            ids = op.memory.users.id_of
+            display = {ids(n): view.display(n) for n in users | old}
+            adds = [ids(n) for n in sorted(users - old) if view.user_ready(n)]
             removes = [
-                user_id_for(n)
+                ids(n)
                 for n in sorted(old - users)
                 if n in op.memory.users.ready or view.user_exists(n)
             ]

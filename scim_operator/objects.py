@@ -11,6 +11,7 @@ from typing import Any
 
 from scim_common import clock
 from scim_contract import ScimGroupSpec, ScimUserSpec
+from scim_operator import identity
 from scim_operator.user_policies import Wanted, differences
 
 
@@ -64,27 +65,35 @@ class DesiredUser:
     active: bool
     # Role, budget, models and limits from the ScimUserPolicy in force (see ``user_policies``).
     settings: Wanted = field(default_factory=Wanted)
+    # Only on create: the proxy's /user/update ignores sso_user_id (measured on 1.108.7).
+    sso_user_id: str | None = None
 
     def new_body(self, tag: str, namespace: str, name: str) -> dict[str, Any]:
         body: dict[str, Any] = {
             "user_id": self.user_id,
-            "metadata": merged_metadata({}, tag, namespace, name),
+            "metadata": identity.marked(merged_metadata({}, tag, namespace, name), self.active),
             **self.settings.fields,
         }
         if self.email:
             body["user_email"] = self.email
         if self.alias:
             body["user_alias"] = self.alias
+        if self.sso_user_id:
+            body["sso_user_id"] = self.sso_user_id
         return body
 
 
-def desired_user(name: str, spec: ScimUserSpec, settings: Wanted | None = None) -> DesiredUser:
+def desired_user(
+    name: str, spec: ScimUserSpec, settings: Wanted | None = None, user_id: str | None = None
+) -> DesiredUser:
+    """``user_id``: the id chosen by the user id strategy (``identity.resolve``); the name by default."""
     return DesiredUser(
-        user_id=user_id_for(name),
+        user_id=user_id or user_id_for(name),
         email=spec.primary_email(),
         alias=spec.displayName or None,
         active=spec.active,
         settings=settings or Wanted(),
+        sso_user_id=identity.sso_user_id_of(spec),
     )
 
 
@@ -96,7 +105,7 @@ def user_differences(desired: DesiredUser, info: dict[str, Any]) -> list[str]:
         found.append("email differs from the ScimUser's")
     if desired.alias and (info.get("user_alias") or "") != desired.alias:
         found.append(f"alias is {info.get('user_alias')!r}, expected {desired.alias!r}")
-    return found + differences(desired.settings, info)
+    return found + differences(desired.settings, info) + identity.mark_differences(desired.active, info)
 
 
 # ---- teams -----------------------------------------------------------------------------------

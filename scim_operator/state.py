@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scim_operator import policies, user_policies
-from scim_operator.objects import user_id_for
 from scim_operator.policies import GroupEntry, GroupFacts, Policy
 from scim_operator.user_policies import UserFacts, UserPolicy
 
@@ -50,6 +49,32 @@ class UserState:
     # The last count of users per ScimUserPolicy (``user_policy_sync.Summary``), shared by the
     # status timers of all policies.
     policy_summary: object | None = None
+    # ScimUser name -> the LiteLLM user_id its status records, and back. Not the name itself under
+    # --user-id-strategy externalId or userName; kept from the index so paths without a View (keys,
+    # counts) and a fresh process name the right user before the user's own handler ran.
+    ids: dict[str, str] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
+
+    def remember(self, name: str, user_id: str) -> None:
+        previous = self.ids.get(name)
+        if previous != user_id:
+            if previous is not None and self.names.get(previous) == name:
+                del self.names[previous]
+            self.ids[name] = user_id
+            self.names[user_id] = name
+
+    def forget(self, name: str) -> None:
+        user_id = self.ids.pop(name, None)
+        if user_id is not None and self.names.get(user_id) == name:
+            del self.names[user_id]
+
+    def id_of(self, name: str) -> str:
+        """The LiteLLM user_id of a ScimUser; its name while nothing else is known (the default
+        strategy, and the id a user that never synced is looked for under)."""
+        return self.ready.get(name) or self.ids.get(name) or name
+
+    def name_of(self, user_id: str) -> str:
+        return self.names.get(user_id, user_id)
 
 
 @dataclass
@@ -169,7 +194,7 @@ class View:
     def desired_members(self, group: str) -> dict[str, str]:
         """LiteLLM user_id -> display for the group's members that are usable LiteLLM users."""
         ids, _ = self.group_member_ids(group)
-        return {user_id_for(n): self.display(n) for n in ids if self.user_ready(n)}
+        return {self.memory.users.id_of(n): self.display(n) for n in ids if self.user_ready(n)}
 
     def groups_of(self, name: str) -> list[str]:
         return sorted(set(self.member_groups.get(name) or ()))

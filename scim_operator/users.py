@@ -15,19 +15,19 @@ import kopf
 from pydantic import ValidationError
 
 from scim_contract import USER, ScimUserSpec
-from scim_operator import context, group_keys, membership, metrics, user_policies
+from scim_operator import context, group_keys, identity, membership, metrics, user_policies
 from scim_operator.context import NotOwned, Operator, failure_reason, reconcile_failed, retry_later
 from scim_operator.litellm_api import LiteLLMError
 from scim_operator.objects import (
     DesiredUser,
     desired_user,
     drift_condition,
+    failed_status,
     merged_metadata,
     now,
     ownership,
     set_condition,
     user_differences,
-    user_id_for,
 )
 from scim_operator.resources import emit
 from scim_operator.state import View
@@ -42,6 +42,9 @@ class Outcome:
     blocked: list[str]
     events: list[tuple[str, str]] = field(default_factory=list)
     settings: Wanted = field(default_factory=Wanted)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    # Why the user is kept under an id the user id strategy no longer gives (identity.resolve).
+    id_note: str | None = None
 
 
 def _spec(body: Any) -> ScimUserSpec:
@@ -64,7 +67,7 @@ async def _ensure_user(op: Operator, name: str, desired: DesiredUser, out: Outco
     info = await op.litellm.user_info(desired.user_id) if known else None
     if info is None:
         try:
-            await op.litellm.user_new(desired.new_body(s.owner_tag, op.namespace, name))
+            await _create(op, name, desired, out)
             given = f" with role {desired.settings.role} ({desired.settings.why()})" if desired.settings.role else ""
             out.events.append(("Created", f"created LiteLLM user {desired.user_id}{given}"))
             return
@@ -85,7 +88,9 @@ async def _ensure_user(op: Operator, name: str, desired: DesiredUser, out: Outco
     if differences or owner != "owned":
         body: dict[str, Any] = {
             "user_id": desired.user_id,
-            "metadata": merged_metadata(info.get("metadata"), s.owner_tag, op.namespace, name),
+            "metadata": identity.marked(
+                merged_metadata(info.get("metadata"), s.owner_tag, op.namespace, name), desired.active
+            ),
         }
         if desired.email:
             body["user_email"] = desired.email
@@ -99,6 +104,28 @@ async def _ensure_user(op: Operator, name: str, desired: DesiredUser, out: Outco
         if wanted_role is not None and info.get("user_role") != wanted_role:
             out.events.append(("RoleChanged", f"LiteLLM role of {desired.user_id} changed from "
                                               f"{info.get('user_role')} to {wanted_role} ({desired.settings.why()})"))
+
+
+async def _create(op: Operator, name: str, desired: DesiredUser, out: Outcome) -> None:
+    """``/user/new``. LiteLLM answers 500 when the sso_user_id (unique there) is another user's: then
+    the user is created without it, and a Warning says which user LiteLLM's SSO login finds instead."""
+    body = desired.new_body(op.settings.owner_tag, op.namespace, name)
+    try:
+        await op.litellm.user_new(body)
+        return
+    except LiteLLMError as exc:
+        if exc.status < 500 or not desired.sso_user_id:
+            raise
+        holder = await op.litellm.user_with_sso_id(desired.sso_user_id)
+        if holder is None or holder == desired.user_id:
+            raise
+    del body["sso_user_id"]
+    await op.litellm.user_new(body)
+    out.warnings.append((
+        "SsoUserIdTaken",
+        f"this user's externalId is already the sso_user_id of LiteLLM user {holder}; created "
+        f"{desired.user_id} without it (LiteLLM's SSO login resolves that identity to {holder})",
+    ))
 
 
 async def _block_keys(op: Operator, name: str, user_id: str, known: list[str], out: Outcome) -> None:
@@ -144,10 +171,14 @@ async def apply_user(
     op: Operator, view: View, name: str, spec: ScimUserSpec, status: dict[str, Any]
 ) -> Outcome:
     policy, settings = _policy(view, name, spec, status)
-    desired = desired_user(name, spec, settings)
+    recorded = (status.get("litellm") or {}).get("userId") or None
+    user_id, note = identity.resolve(name, spec, op.settings.user_id_strategy, recorded)
+    desired = desired_user(name, spec, settings, user_id)
     known_blocked = list((status.get("litellm") or {}).get("blockedKeys") or [])
-    out = Outcome(user_id=desired.user_id, blocked=known_blocked, settings=settings)
-    previously_ours = bool((status.get("litellm") or {}).get("userId"))
+    out = Outcome(user_id=desired.user_id, blocked=known_blocked, settings=settings, id_note=note)
+    if note is not None:
+        out.warnings.append(("UserIdChanged", note))
+    previously_ours = recorded is not None
     # Security first: a deactivated user we already manage loses access before anything else.
     blocked_early = False
     if not desired.active and previously_ours:
@@ -160,6 +191,7 @@ async def apply_user(
         await _unblock_keys(op, desired.user_id, known_blocked, out)
 
     was_ready = view.user_ready(name)
+    op.memory.users.remember(name, desired.user_id)
     op.memory.users.ready[name] = desired.user_id
     op.memory.users.policies[name] = user_policies.version(policy)
     if not was_ready:
@@ -179,9 +211,12 @@ def _status_ok(
     gen = obj["metadata"].get("generation")
     active = bool((obj.get("spec") or {}).get("active", True))
     conds = st.get("conditions")
-    conds = set_condition(
-        conds, "Synced", True, "Synced", f"LiteLLM user {out.user_id} matches this resource", gen
-    )
+    if out.id_note is not None:
+        conds = set_condition(conds, "Synced", False, "UserIdChanged", out.id_note, gen)
+    else:
+        conds = set_condition(
+            conds, "Synced", True, "Synced", f"LiteLLM user {out.user_id} matches this resource", gen
+        )
     if active:
         conds = set_condition(conds, "Ready", True, "Active", f"LiteLLM user {out.user_id} is usable", gen)
     else:
@@ -220,6 +255,12 @@ async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
         status = dict(body.get("status") or {})
         try:
             out = await apply_user(op, view, name, spec, status)
+        except identity.NoUserId as exc:
+            # Final until the spec changes (which runs this handler again): no retry loop.
+            metrics.RECONCILES.labels("user", "no_user_id").inc()
+            await op.resources.update_status(USER, name, failed_status("NoExternalId", str(exc)))
+            emit(body, "NoExternalId", str(exc), warning=True)
+            return
         except (NotOwned, LiteLLMError) as exc:
             await reconcile_failed(op, USER, "user", body, exc, retry)
             return
@@ -235,6 +276,8 @@ async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
         metrics.RECONCILES.labels("user", "ok").inc()
         for reason, message in out.events:
             emit(body, reason, message)
+        for reason, message in out.warnings:
+            emit(body, reason, message, warning=True)
 
 
 async def delete(op: Operator, body: Any, retry: int) -> None:
@@ -244,7 +287,10 @@ async def delete(op: Operator, body: Any, retry: int) -> None:
     op.memory.users.deleting.add(name)
     op.memory.users.ready.pop(name, None)
     op.memory.users.policies.pop(name, None)
-    user_id = (body.get("status") or {}).get("litellm", {}).get("userId") or user_id_for(name)
+    op.memory.users.forget(name)
+    user_id = (body.get("status") or {}).get("litellm", {}).get("userId") or _strategy_id(op, name, body)
+    if user_id is None:
+        return  # never created: the strategy names no id for it
     async with op.memory.lock("user", name):
         try:
             info = await op.litellm.user_info(user_id)
@@ -273,6 +319,14 @@ async def delete(op: Operator, body: Any, retry: int) -> None:
     op.memory.users.deleting.discard(name)
 
 
+def _strategy_id(op: Operator, name: str, body: Any) -> str | None:
+    """The id a never-synced user would have had: what a create that landed before a crash used."""
+    try:
+        return identity.user_id_of(name, _spec(body), op.settings.user_id_strategy)
+    except kopf.PermanentError:
+        return name
+
+
 async def check_drift(op: Operator, view: View, body: Any) -> None:
     """The drift timer of a ScimUser: compare LiteLLM with the resource, report, correct."""
     name = body["metadata"]["name"]
@@ -283,7 +337,8 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
         spec = _spec(body)
     except kopf.PermanentError:
         return
-    desired = desired_user(name, spec, _policy(view, name, spec, status)[1])
+    user_id, note = identity.resolve(name, spec, op.settings.user_id_strategy, status["litellm"]["userId"])
+    desired = desired_user(name, spec, _policy(view, name, spec, status)[1], user_id)
     async with op.memory.lock("user", name):
         try:
             findings: list[str] = []
@@ -314,18 +369,19 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
         except LiteLLMError as exc:
             await context.drift_check_failed(op, USER, name, exc)
             return
-        await _report_drift(op, view, body, name, findings, out)
+        await _report_drift(op, view, body, name, findings, out, note)
 
 
 async def _report_drift(
-    op: Operator, view: View, body: Any, name: str, findings: list[str], out: Outcome | None
+    op: Operator, view: View, body: Any, name: str, findings: list[str], out: Outcome | None,
+    note: str | None,
 ) -> None:
     def change(st: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
         gen = obj["metadata"].get("generation")
         if out is not None:
             st = _status_ok(st, obj, out, view, name)
         conds = drift_condition(st.get("conditions"), findings, out is not None, "LiteLLM matches this resource", gen)
-        if not findings:
+        if not findings and note is None:
             previous = next((c for c in conds if c.get("type") == "Synced"), None)
             if previous and previous.get("status") != "True":
                 conds = set_condition(conds, "Synced", True, "Synced", "LiteLLM reachable and matching", gen)

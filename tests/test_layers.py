@@ -134,6 +134,7 @@ OPERATOR_LAYERS = {
     "policies": 0,  # pure rules and formats, metrics
     "user_policies": 0,
     "objects": 0,
+    "identity": 0,
     "key_secrets": 0,
     "priority": 0,
     "metrics": 0,

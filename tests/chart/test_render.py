@@ -34,6 +34,7 @@ NON_DEFAULT: dict[str, Any] = {
     "operator": {
         "replicas": 1, "peering": {"enabled": False}, "probePort": 18081, "metricsPort": 0,
         "driftInterval": 60, "driftPolicy": "report", "teamIdStrategy": "externalId",
+        "userIdStrategy": "externalId",
         "deletionPolicy": "keep", "adopt": True, "ownerTag": "scim-prod",
         "keySecretNamespaces": ["ml-team"],
     },
@@ -116,6 +117,7 @@ def test_custom_values_reach_the_processes(custom: Manifests) -> None:
     assert op["--litellm-url"] == "https://llm.example.com"
     assert op["--drift-interval"] == "60" and op["--drift-policy"] == "report"
     assert op["--team-id-strategy"] == "externalId" and op["--deletion-policy"] == "keep"
+    assert op["--user-id-strategy"] == "externalId"
     assert "--adopt" in op and op["--owner-tag"] == "scim-prod"
     assert "--standalone" in op and "--peering" not in op and "--peering-lifetime" not in op
     assert op["--probe-port"] == "18081" and op["--metrics-port"] == "0"

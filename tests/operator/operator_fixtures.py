@@ -7,13 +7,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 from kubernetes_asyncio import client
-from operator_helpers import Admin, Kube, OperatorProcess
+from operator_helpers import Admin, Kube, OperatorProcess, start_endpoint, stop_endpoint
 from product_access import ChartAccess
 
 from litellm_scim import peers
+from scim_common import tokens
+
+SCIM = "application/scim+json"
 
 
 @pytest.fixture
@@ -55,3 +60,33 @@ def start_operator(
 def ids(namespace: str) -> Callable[[str], str]:
     """Resource names unique across test runs: LiteLLM is shared by the whole session."""
     return lambda base: f"{base}-{namespace}"
+
+
+@pytest.fixture
+async def scim_token(kube_api: client.ApiClient, namespace: str) -> str:
+    _, value = await tokens.create_token(kube_api, namespace, name="e2e")
+    return value
+
+
+@pytest.fixture
+def endpoint(namespace: str, endpoint_kubeconfig: str, scim_token: str, tmp_path: Path) -> Iterator[str]:
+    """A ``litellm-scim endpoint`` subprocess as the chart's endpoint ServiceAccount; its SCIM base URL."""
+    ep = start_endpoint(endpoint_kubeconfig, namespace, tmp_path / "endpoint.log")
+    try:
+        yield f"{ep.url}/scim/v2"
+    finally:
+        stop_endpoint(ep)
+
+
+@pytest.fixture
+async def scim(endpoint: str, scim_token: str) -> AsyncIterator[Callable[..., Any]]:
+    """``await scim(method, path, body)`` -> (status, JSON body) against the endpoint, as an IdP."""
+    session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {scim_token}", "Content-Type": SCIM})
+
+    async def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        async with session.request(method, endpoint + path, json=body) as resp:
+            text = await resp.text()
+            return resp.status, (await resp.json(content_type=None)) if text else None
+
+    yield call
+    await session.close()

@@ -3,49 +3,15 @@ operator`` -> LiteLLM, with both processes real and only the SCIM API and LiteLL
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import pytest
-from kubernetes_asyncio import client
-from operator_helpers import Admin, OperatorProcess, eventually, start_endpoint, stop_endpoint
-
-from scim_common import tokens
+from operator_helpers import Admin, OperatorProcess, eventually
 
 pytestmark = [pytest.mark.litellm, pytest.mark.slow]
 
-SCIM = "application/scim+json"
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-
-
-@pytest.fixture
-async def scim_token(kube_api: client.ApiClient, namespace: str) -> str:
-    _, value = await tokens.create_token(kube_api, namespace, name="e2e")
-    return value
-
-
-@pytest.fixture
-def endpoint(namespace: str, endpoint_kubeconfig: str, scim_token: str, tmp_path: Path) -> Iterator[str]:
-    ep = start_endpoint(endpoint_kubeconfig, namespace, tmp_path / "endpoint.log")
-    try:
-        yield f"{ep.url}/scim/v2"
-    finally:
-        stop_endpoint(ep)
-
-
-@pytest.fixture
-async def scim(endpoint: str, scim_token: str) -> AsyncIterator[Callable[..., Any]]:
-    session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {scim_token}", "Content-Type": SCIM})
-
-    async def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        async with session.request(method, endpoint + path, json=body) as resp:
-            text = await resp.text()
-            return resp.status, (await resp.json(content_type=None)) if text else None
-
-    yield call
-    await session.close()
 
 
 async def test_scim_user_and_group_reach_litellm(
