@@ -14,6 +14,9 @@ Measured, per N:
   file (``member/snap``), and per 10,000 users; API server and etcd RSS;
 - endpoint: time from process start to ``/readyz`` (a restart on a namespace already holding
   everything), RSS when ready and after paging everything (rendered resources are cached);
+- the API server's own time to serve the lists a restarting endpoint makes (every page of users,
+  groups and member shards at the endpoint's page size, read but not decoded): each kind alone, and
+  the three at once as the endpoint lists them. This is the floor of the endpoint's time to ready;
 - time to page all users and all groups at ``count=100`` with the per-page p50/p99, and the p50
   of the first, middle and last tenth of the positions (independent of the position is the goal);
 - lookups by ``userName eq``, ``externalId eq``, group ``displayName eq`` and ``members[value eq]``;
@@ -45,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 from kubernetes_asyncio import client
 
 from bench.endpoint_load import _pct, rss_mib, start_endpoint, stop_processes
@@ -65,7 +69,7 @@ from scim_contract import (
     shard_name,
     shard_of,
 )
-from scim_endpoint import convert
+from scim_endpoint import convert, informer
 from scim_endpoint.store import ANNOTATION_CLAIMED_AT
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -168,6 +172,43 @@ def pid_rss(pid_file: Path) -> float:
         return float("nan")
 
 
+async def list_all(custom: client.CustomObjectsApi, namespace: str, plural: str) -> tuple[float, int]:
+    """(seconds, objects) for listing every ``plural`` in pages of the endpoint's size, each page read
+    as bytes; only the continue token is decoded (msgspec skips the items unparsed)."""
+    decode = msgspec.json.Decoder(ListPage).decode
+    started, count, cont = time.perf_counter(), 0, ""
+    while True:
+        kwargs: dict[str, Any] = {"limit": informer.PAGE}
+        if cont:
+            kwargs["_continue"] = cont
+        resp = await custom.list_namespaced_custom_object(API_GROUP, VERSION, namespace, plural,
+                                                          _preload_content=False, **kwargs)
+        page = decode(await resp.read())
+        count += len(page.items)
+        cont = page.metadata.continue_
+        if not cont:
+            return round(time.perf_counter() - started, 2), count
+
+
+class ListPage(msgspec.Struct):
+    items: list[msgspec.Raw]
+    metadata: informer.ListMeta
+
+
+async def apiserver_lists(api: client.ApiClient, namespace: str) -> dict[str, Any]:
+    """The API server's own time for the endpoint's initial lists: each kind alone, then all at once."""
+    custom = client.CustomObjectsApi(api)
+    plurals = (USER.plural, GROUP.plural, SHARD.plural)
+    out: dict[str, Any] = {}
+    for plural in plurals:
+        seconds, count = await list_all(custom, namespace, plural)
+        out[plural] = {"seconds": seconds, "objects": count}
+    started = time.perf_counter()
+    await asyncio.gather(*(list_all(custom, namespace, plural) for plural in plurals))
+    out["all_at_once_seconds"] = round(time.perf_counter() - started, 2)
+    return out
+
+
 async def page_all(http: aiohttp.ClientSession, endpoint: str, total: int) -> dict[str, Any]:
     """Page through a whole collection as Okta's import does: startIndex 1, 101, ... at count 100."""
     latencies: list[tuple[int, float]] = []
@@ -263,6 +304,10 @@ async def run(args: argparse.Namespace, users: int, groups: int) -> dict[str, An
                 "etcd_rss_mib": pid_rss(cluster.state_dir / "etcd.pid"),
             }
 
+            # What the API server alone needs to serve the lists a restart makes (the floor of "ready").
+            result["cluster"]["apiserver_list"] = await apiserver_lists(api, namespace)
+            print(f"API server lists: {result['cluster']['apiserver_list']}", flush=True)
+
             # The endpoint (re)starting on a namespace that already holds everything.
             port = peers.free_port()
             t0 = time.perf_counter()
@@ -329,6 +374,9 @@ def table(r: dict[str, Any]) -> str:
                           f"MiB ({cl['etcd_bytes_per_10k_users'] / 2**20:.1f} MiB data dir per 10k users)"),
         ("API server RSS", f"{cl['apiserver_rss_mib_empty']} -> {cl['apiserver_rss_mib']} MiB"),
         ("etcd RSS", f"{cl['etcd_rss_mib']} MiB"),
+        ("API server serving the lists", "; ".join(
+            f"{k} {v['seconds']} s ({v['objects']})" for k, v in cl["apiserver_list"].items() if isinstance(v, dict))
+         + f"; all at once {cl['apiserver_list']['all_at_once_seconds']} s"),
         ("endpoint start to ready", f"{ep['seconds_to_ready']} s"),
         ("endpoint RSS ready / paged / end", f"{ep['rss_mib_ready']} / {ep['rss_mib_after_paging']} / "
                                             f"{ep['rss_mib_end']} MiB"),

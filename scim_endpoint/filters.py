@@ -154,8 +154,12 @@ class _ElementScope:
 
 def resolve_attribute(schema: ResourceSchema, name: str, uri: str | None) -> tuple[str | None, Attr] | None:
     """(extension URN or None, attribute) for ``name`` under ``uri``; ``urn:...:User`` alone (which the
-    grammar splits as attribute ``User`` of ``urn:...:2.0``) is not an attribute."""
-    found = schema.attribute(name, uri)
+    grammar splits as attribute ``User`` of ``urn:...:2.0``) is not an attribute.
+
+    A name without a URN is a core attribute first, else the one extension attribute of that name
+    (RFC 7644 section 3.10): ``department eq "Sales"`` filters on the enterprise extension as Entra's
+    mappings name it, and a core attribute of the same name would win."""
+    found = schema.attribute(name, uri) if uri is not None else schema.unqualified(name)
     if found is None or found[1].returned == "never":
         return None
     return found
@@ -472,7 +476,7 @@ def _selection(items: tuple[str, ...], resource_type: str) -> dict[tuple[str | N
             path, sub_name = node, node.sub_attr
         else:
             continue
-        found = schema.attribute(path.attr, path.uri)
+        found = resolve_attribute(schema, path.attr, path.uri)
         if found is None:
             continue  # unknown attributes are ignored (RFC 7644 section 3.9 does not ask for an error)
         ext, attr = found

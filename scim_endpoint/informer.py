@@ -9,8 +9,14 @@ writes without waiting for the watch.
 The copy is kept compact (``Objects``): each object as its JSON text, deflated with the collection's
 first object as preset dictionary (objects of one kind share most of their text: 600-1,100 bytes
 become 110-200), decoded on access. 100,000 users then cost a few hundred bytes each instead of a
-graph of Python dicts and strings per attribute (about 8 KB); a ``strip`` function drops what no
-reader needs (managedFields) before it is stored. Compressing costs ~20 us per object, decoding ~10.
+graph of Python dicts and strings per attribute (about 8 KB); what no reader needs (managedFields of
+users and groups) is dropped before it is stored. Compressing costs ~9 us per object, decoding ~15.
+
+Listing is what a restart waits for (184,000 objects at 100,000 users), so a custom resource's list
+page is decoded by msgspec into ``CustomObject`` structs: the skipped managedFields (half of each
+object's text) are never turned into Python objects and the rest is encoded back in one C call,
+~13 us per object where ``json.loads`` + ``json.dumps`` took ~65. The next page is requested before
+the current one is stored, so the API server prepares it while this process works.
 
 resourceVersions are compared as integers: the API server documents them as opaque, but every
 etcd-backed server hands out the etcd revision, and ordering them is what makes "has the watch caught
@@ -20,14 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sys
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
+import msgspec
 from kubernetes_asyncio.client.exceptions import ApiException
 
 log = logging.getLogger(__name__)
@@ -74,6 +80,82 @@ def without_managed_fields(obj: Obj) -> Obj:
     return obj
 
 
+# ---- list pages of custom resources, decoded into structs --------------------------------------------
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
+
+
+class ObjectMeta(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Kubernetes' ObjectMeta (every field it defines) without managedFields. Fields in the API
+    server's own (alphabetical) order, so an object encoded from here reads as the server writes it
+    and deflates as well against the preset dictionary as one taken from a watch event."""
+
+    annotations: dict[str, str] | None = None
+    creationTimestamp: str | None = None
+    deletionGracePeriodSeconds: int | None = None
+    deletionTimestamp: str | None = None
+    finalizers: list[str] | None = None
+    generateName: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] | None = None
+    name: str = ""
+    namespace: str | None = None
+    ownerReferences: list[dict[str, Any]] | None = None
+    resourceVersion: str | None = None
+    selfLink: str | None = None
+    uid: str | None = None
+
+
+class ObjectMetaWithFields(ObjectMeta, kw_only=True, omit_defaults=True):
+    """ObjectMeta with managedFields kept as the server's bytes: stored and sent back, never decoded
+    while listing."""
+
+    managedFields: msgspec.Raw = msgspec.Raw()
+
+
+_META_FIELDS = ObjectMeta.__struct_fields__
+
+
+class CustomObject(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A custom resource as listed: apiVersion, kind, metadata (without managedFields), spec, status
+    (the only top-level fields a custom resource has)."""
+
+    keeps_managed_fields: ClassVar[bool] = False
+    apiVersion: str | None = None
+    kind: str | None = None
+    metadata: ObjectMeta = msgspec.field(default_factory=ObjectMeta)
+    spec: dict[str, Any] | None = None
+    status: dict[str, Any] | None = None
+
+    def as_dict(self) -> Obj:
+        """The object as listeners see it: as stored, except that managedFields are left out."""
+        md = self.metadata
+        meta = {f: v for f in _META_FIELDS if (v := getattr(md, f)) is not None}
+        out: Obj = {"apiVersion": self.apiVersion, "kind": self.kind, "metadata": meta}
+        if self.spec is not None:
+            out["spec"] = self.spec
+        if self.status is not None:
+            out["status"] = self.status
+        return out
+
+
+class CustomObjectWithFields(CustomObject, kw_only=True, omit_defaults=True):
+    keeps_managed_fields: ClassVar[bool] = True
+    metadata: ObjectMetaWithFields = msgspec.field(default_factory=ObjectMetaWithFields)
+
+
+class ListMeta(msgspec.Struct, omit_defaults=True):
+    resourceVersion: str = "0"
+    continue_: str = msgspec.field(default="", name="continue")
+
+
+def _page_decoder(shape: type[CustomObject] | None) -> Callable[[bytes], Any]:
+    items: Any = list[shape] if shape is not None else list[dict[str, Any]]  # type: ignore[valid-type]
+    page = msgspec.defstruct("Page", [("items", items | None, None),
+                                      ("metadata", ListMeta, msgspec.field(default_factory=ListMeta))])
+    return msgspec.json.Decoder(page).decode
+
+
 class Objects(Mapping[str, Obj]):
     """name -> object, stored as deflated JSON and decoded on each access (a fresh dict, so a caller
     may change what it gets without touching the copy)."""
@@ -82,15 +164,15 @@ class Objects(Mapping[str, Obj]):
         self._raw: dict[str, bytes] = {}
         self._zdict = b""
 
-    def _encode(self, obj: Obj) -> bytes:
-        text = json.dumps(obj, separators=(",", ":")).encode()
+    def _encode(self, obj: Obj | bytes) -> bytes:
+        text = obj if isinstance(obj, bytes) else _json_encode(obj)
         if not self._zdict:
             self._zdict = text
         deflate = zlib.compressobj(1, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, self._zdict)
         return deflate.compress(text) + deflate.flush()
 
     def _decode(self, raw: bytes) -> Obj:
-        decoded: Obj = json.loads(zlib.decompressobj(-15, self._zdict).decompress(raw))
+        decoded: Obj = _json_decode(zlib.decompressobj(-15, self._zdict).decompress(raw))
         return decoded
 
     def __getitem__(self, name: str) -> Obj:
@@ -105,7 +187,8 @@ class Objects(Mapping[str, Obj]):
     def __len__(self) -> int:
         return len(self._raw)
 
-    def put(self, name: str, obj: Obj) -> None:
+    def put(self, name: str, obj: Obj | bytes) -> None:
+        """Store ``obj``, given as a dict or as its JSON text."""
         # Interned: the same ids appear as member values, index entries and in the listing order.
         self._raw[sys.intern(name)] = self._encode(obj)
 
@@ -118,11 +201,17 @@ class Objects(Mapping[str, Obj]):
 
 
 class Informer:
-    def __init__(self, kind: str, list_fn: ListFn, strip: Callable[[Obj], Obj] = _keep, **selector: str) -> None:
+    """``shape``: for a custom resource, ``CustomObject`` (stored without managedFields) or
+    ``CustomObjectWithFields`` (kept); None (any other kind) lists into plain dicts, kept whole."""
+
+    def __init__(self, kind: str, list_fn: ListFn, shape: type[CustomObject] | None = None, **selector: str) -> None:
         self.kind = kind
         self._list_fn = list_fn
         self._selector = selector
-        self._strip = strip
+        self._shape = shape
+        self._decode_page = _page_decoder(shape)
+        self._strip: Callable[[Obj], Obj] = (
+            without_managed_fields if shape is not None and not shape.keeps_managed_fields else _keep)
         self.objects = Objects()
         # Highest revision the watch (or a list) has delivered: where a new watch resumes.
         self.rv = 0
@@ -178,37 +267,49 @@ class Informer:
         # pages arrive, and drops what was not listed at the end.
         items = self.objects
         seen: set[str] = set()
-        cont: str | None = None
         list_rv = 0
-        while True:
-            kwargs: dict[str, Any] = {"limit": PAGE, **self._selector}
-            if cont:
-                kwargs["_continue"] = cont
-            resp = await self._list_fn(**kwargs, _preload_content=False)
-            body = json.loads(await resp.read())
-            if not list_rv:
-                list_rv = int(body["metadata"]["resourceVersion"])
-            for item in body.get("items") or []:
-                if terminating(item):
-                    continue
-                item = self._strip(item)
-                name = item["metadata"]["name"]
-                seen.add(name)
-                before = items.get(name) if items else None
-                items.put(name, item)
-                if before is None or rv_of(before) != rv_of(item):
-                    self._notify(name, before, item)
-            cont = body["metadata"].get("continue")
-            # Each page's dicts are dropped before the next is read: only the compact copy grows.
-            del body
-            if not cont:
-                break
+        pending: asyncio.Task[Any] | None = asyncio.create_task(self._page(None))
+        try:
+            while pending is not None:
+                page = await pending
+                pending = None
+                if not list_rv:
+                    list_rv = int(page.metadata.resourceVersion)
+                if page.metadata.continue_:
+                    # The API server prepares the next page while this one is stored.
+                    pending = asyncio.create_task(self._page(page.metadata.continue_))
+                for item in page.items or ():
+                    if isinstance(item, CustomObject):
+                        if item.metadata.deletionTimestamp:
+                            continue
+                        name, obj, text = item.metadata.name, item.as_dict(), _json_encode(item)
+                    else:
+                        if terminating(item):
+                            continue
+                        obj = self._strip(item)
+                        name, text = obj["metadata"]["name"], _json_encode(obj)
+                    seen.add(name)
+                    before = items.get(name) if items else None
+                    items.put(name, text)
+                    if before is None or rv_of(before) != rv_of(obj):
+                        self._notify(name, before, obj)
+                # Each page's objects are dropped before the next is read: only the compact copy grows.
+                del page
+        finally:
+            await cancel(pending)
         self._tombstones.clear()
         for name in set(items) - seen:
             gone = items.pop(name)
             self._notify(name, gone, None)
         self._advance(list_rv)
         self.synced.set()
+
+    async def _page(self, cont: str | None) -> Any:
+        kwargs: dict[str, Any] = {"limit": PAGE, **self._selector}
+        if cont:
+            kwargs["_continue"] = cont
+        resp = await self._list_fn(**kwargs, _preload_content=False)
+        return self._decode_page(await resp.read())
 
     async def _watch(self) -> None:
         resp = await self._list_fn(
@@ -223,7 +324,7 @@ class Informer:
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     if line.strip():
-                        self._event(json.loads(line))
+                        self._event(_json_decode(line))
 
     def _event(self, event: Obj) -> None:
         kind, obj = event.get("type"), event.get("object") or {}

@@ -60,7 +60,7 @@ from scim_contract import (
     shard_of,
 )
 from scim_endpoint.errors import ScimError, conflict
-from scim_endpoint.informer import Informer, Obj, terminating, without_managed_fields
+from scim_endpoint.informer import CustomObject, CustomObjectWithFields, Informer, Obj, terminating
 from scim_endpoint.limits import object_too_large
 
 log = logging.getLogger(__name__)
@@ -191,9 +191,9 @@ class Store:
         # Users and groups are read without their managedFields (nothing here needs them); member
         # shards keep them: a shard's last write time comes from them, and a rewrite that sends them
         # back costs the API server about half as much.
-        self.users = Informer(USER.plural, lister(USER.plural), strip=without_managed_fields)
-        self.groups = Informer(GROUP.plural, lister(GROUP.plural), strip=without_managed_fields)
-        self.shards = Informer(SHARD.plural, lister(SHARD.plural))
+        self.users = Informer(USER.plural, lister(USER.plural), shape=CustomObject)
+        self.groups = Informer(GROUP.plural, lister(GROUP.plural), shape=CustomObject)
+        self.shards = Informer(SHARD.plural, lister(SHARD.plural), shape=CustomObjectWithFields)
         self._by_plural = {i.kind: i for i in self._informers()}
         # collection name -> indexed spec field -> value -> name(s)
         self._indexes: dict[str, dict[str, dict[str, Names]]] = {

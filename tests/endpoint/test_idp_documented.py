@@ -371,3 +371,30 @@ async def test_unknown_bare_path_is_still_refused(scim: Scim) -> None:
     assert many.status == 400 and many.body["scimType"] == "invalidValue"
     obj = await stored_user(scim.api, scim.namespace, uid)
     assert obj is not None and "enterprise" not in obj["spec"]
+
+
+@pytest.mark.parametrize("qualified", [True, False], ids=["urn-path", "bare-path"])
+async def test_filter_on_enterprise_attributes_by_urn_or_bare_name(scim: Scim, qualified: bool) -> None:
+    # RFC 7644 section 3.10: a name without its schema URN is the core attribute, else the extension's.
+    prefix = f"{ENTERPRISE}:" if qualified else ""
+    sales = (await created(scim, "/Users", {
+        "schemas": [USER, ENTERPRISE], "userName": "seller@contoso.com",
+        ENTERPRISE: {"department": "Sales", "employeeNumber": "701984", "manager": {"value": "boss-7"}}}))["id"]
+    await created(scim, "/Users", {"schemas": [USER, ENTERPRISE], "userName": "builder@contoso.com",
+                                   ENTERPRISE: {"department": "Engineering", "employeeNumber": "5"}})
+    for attr, value in (("department", "sales"), ("employeeNumber", "701984"), ("manager.value", "boss-7")):
+        resp = await scim.get(where("/Users", f"{prefix}{attr}", value))
+        assert resp.status == 200, resp.text
+        assert [r["id"] for r in resp.body["Resources"]] == [sales], attr
+    sw = await scim.get("/Users?filter=" + quote(f'{prefix}department sw "Eng"', safe=""))
+    assert sw.status == 200 and [r["userName"] for r in sw.body["Resources"]] == ["builder@contoso.com"]
+    # The attribute can be asked for and sorted by the same way.
+    listed = await scim.get(f"/Users?attributes={quote(prefix + 'department')}&sortBy={quote(prefix + 'department')}")
+    assert listed.status == 200, listed.text
+    assert [r.get(ENTERPRISE) for r in listed.body["Resources"]] == [
+        {"department": "Engineering"}, {"department": "Sales"}]
+
+
+async def test_filter_on_an_unknown_bare_name_is_still_refused(scim: Scim) -> None:
+    resp = await scim.get(where("/Users", "favouriteColour", "blue"))
+    assert resp.status == 400 and resp.body["scimType"] == "invalidFilter"
