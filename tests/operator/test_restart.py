@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -91,3 +92,34 @@ async def test_restart_on_converged_resources_makes_no_litellm_write_and_one_rea
 async def _members(admin: Admin, team: str, expected: list[str]) -> list[str] | None:
     members = await admin.members(team)
     return members if members == sorted(expected) else None
+
+
+async def test_kopf_index_waiters_wake_once_every_object_is_indexed_and_not_before() -> None:
+    """The start-up wait of quiet_toggle_sets: objects waiting for the indexes go on exactly when the
+    last toggle is dropped, and a peering pause (an ``any`` set) still stops and releases them."""
+    from kopf._cogs.aiokits import aiotoggles
+
+    from scim_operator.main import quiet_toggle_sets
+
+    quiet_toggle_sets()
+    indexed = aiotoggles.ToggleSet(all)
+    kinds = [await indexed.make_toggle(name=f"kind{i}") for i in range(2)]
+    objects = [await indexed.make_toggle(name=f"obj{i}") for i in range(50)]
+    waiters = [asyncio.create_task(indexed.wait_for(True)) for _ in range(20)]
+    for toggle in objects:
+        await indexed.drop_toggle(toggle)
+    await asyncio.sleep(0.01)
+    assert not any(w.done() for w in waiters)
+    await indexed.drop_toggles(kinds)
+    await asyncio.wait_for(asyncio.gather(*waiters), 1.0)
+
+    paused = aiotoggles.ToggleSet(any)
+    running = asyncio.create_task(paused.wait_for(False))
+    await asyncio.sleep(0)
+    assert running.done()  # nothing pauses: not paused
+    peer = await paused.make_toggle(True, name="peer")
+    resumed = asyncio.create_task(paused.wait_for(False))
+    await asyncio.sleep(0.01)
+    assert not resumed.done()
+    await paused.drop_toggle(peer)
+    await asyncio.wait_for(resumed, 1.0)
