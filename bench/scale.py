@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -438,6 +439,20 @@ def plot(out: Path) -> None:
     out.write_text("\n".join(parts) + "\n")
 
 
+def each_size(args: argparse.Namespace, run: Callable[[argparse.Namespace, int, int], Awaitable[dict[str, Any]]],
+              table: Callable[[dict[str, Any]], str], stem: str, label: str = "") -> None:
+    """One run per size of ``--series`` (groups = users / 10), else of ``--users``/``--groups``;
+    each result in bench/results/<stem>-<users><label>.json and printed as a table."""
+    sizes = [(int(n), int(n) // 10) for n in args.series.split(",") if n] or [(args.users, args.groups)]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for users, groups in sizes:
+        result = asyncio.run(run(args, users, groups))
+        out = RESULTS / f"{stem}-{users}{label}.json"
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(table(result))
+        print(f"written to {out}", flush=True)
+
+
 def cli() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=100_000)
@@ -449,14 +464,7 @@ def cli() -> int:
     parser.add_argument("--patches", type=int, default=20, help="member PATCHes per group size")
     parser.add_argument("--series", default="", help="comma-separated user counts, groups = users / 10")
     args = parser.parse_args()
-    sizes = [(int(n), int(n) // 10) for n in args.series.split(",") if n] or [(args.users, args.groups)]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    for users, groups in sizes:
-        result = asyncio.run(run(args, users, groups))
-        out = RESULTS / f"scale-{users}.json"
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(table(result))
-        print(f"written to {out}", flush=True)
+    each_size(args, run, table, "scale")
     plot(RESULTS / "scale.svg")
     print(f"plot: {RESULTS / 'scale.svg'}")
     return 0

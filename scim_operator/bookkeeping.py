@@ -89,11 +89,19 @@ class StatusDiffBase(kopf.AnnotationsDiffBaseStorage):
         once written, Kopf sees no change left to handle or retry. Call ``recorded`` after the
         write succeeded."""
         new = self._essence(body)
-        old = self.fetch(body=body)
-        if old is not None and self._canonical(old) == new:
+        if self._is_handled(body, new):
             return {}  # nothing changed (a resume): Kopf will not call store()
         self._pending[_uid(body)] = _digest(new)
         return {FIELD: new}
+
+    def is_handled(self, body: kopf.Body) -> bool:
+        """Whether the status records ``body``'s very spec as handled: the last reconcile of it
+        succeeded, and only something outside the spec (LiteLLM itself) can differ since."""
+        return self._is_handled(body, self._essence(body))
+
+    def _is_handled(self, body: kopf.Body, essence: str) -> bool:
+        old = self.fetch(body=body)
+        return old is not None and self._canonical(old) == essence
 
     def recorded(self, body: kopf.Body, fields: dict[str, str]) -> None:
         if FIELD in fields:

@@ -271,8 +271,9 @@ async def apply_group(
     return out
 
 
-async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
-    """The create/update/resume handler of a ScimGroup."""
+async def reconcile(op: Operator, view: View, body: Any, retry: int, resumed: bool = False) -> None:
+    """The create/update/resume handler of a ScimGroup. ``resumed``: at operator start, where a team
+    found as the status records it leaves the status alone (one write per group saved)."""
     name = body["metadata"]["name"]
     spec = _spec(body)
     async with op.memory.lock("group", name):
@@ -285,9 +286,13 @@ async def reconcile(op: Operator, view: View, body: Any, retry: int) -> None:
         finally:
             # The team the membership calls went to: the policy's id strategy counts here too.
             membership.verify_soon(op, view, name, team_id_of(op, view.policy_of(name, spec.model_dump()), name, spec))
-        await op.resources.update_status(
-            GROUP, name, lambda st, o: membership.status_ok(st, o, out.team_id, view, name)
-        )
+        def change(st: dict[str, Any], o: dict[str, Any]) -> dict[str, Any]:
+            new = membership.status_ok(st, o, out.team_id, view, name)
+            if resumed and not out.events and {**new, "lastSyncTime": st.get("lastSyncTime")} == st:
+                return st  # the restart found nothing to change: nothing to write
+            return new
+
+        await op.resources.update_status(GROUP, name, change)
         metrics.RECONCILES.labels("group", "ok").inc()
         for reason, message in out.events:
             emit(body, reason, message)

@@ -99,6 +99,9 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
 
     # ---- ScimUser ----------------------------------------------------------------------------
     @kopf.on.resume(API_GROUP, VERSION, USER.plural, id="user-resume", registry=registry)
+    async def user_resumed(body: kopf.Body, retry: int, **kw: Any) -> None:
+        await users.resume(op, view(kw), body, retry)
+
     @kopf.on.create(API_GROUP, VERSION, USER.plural, id="user-create", registry=registry)
     @kopf.on.update(API_GROUP, VERSION, USER.plural, id="user-update", field="spec", registry=registry)
     async def user_changed(body: kopf.Body, retry: int, **kw: Any) -> None:
@@ -117,6 +120,9 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
 
     # ---- ScimGroup ---------------------------------------------------------------------------
     @kopf.on.resume(API_GROUP, VERSION, GROUP.plural, id="group-resume", registry=registry)
+    async def group_resumed(body: kopf.Body, retry: int, **kw: Any) -> None:
+        await groups.reconcile(op, view(kw), body, retry, resumed=True)
+
     @kopf.on.create(API_GROUP, VERSION, GROUP.plural, id="group-create", registry=registry)
     @kopf.on.update(API_GROUP, VERSION, GROUP.plural, id="group-update", field="spec", registry=registry)
     async def group_changed(body: kopf.Body, retry: int, **kw: Any) -> None:

@@ -132,6 +132,8 @@ class Wanted:
 
     policy: str = ""
     fields: Mapping[str, Any] = field(default_factory=dict)
+    # The policy's generation: a restart tells from the status whether this very policy was applied.
+    generation: int = 0
 
     @property
     def role(self) -> str | None:
@@ -149,7 +151,9 @@ def wanted(policy: UserPolicy | None, previous_role: str | None) -> Wanted:
     if previous_role and "user_role" not in fields:
         # A policy without a role (a default with budgets only) must not keep an admin role either.
         fields["user_role"] = FALLBACK_ROLE
-    return Wanted(policy.name if policy is not None else "", fields)
+    if policy is None:
+        return Wanted("", fields)
+    return Wanted(policy.name, fields, policy.version[1])
 
 
 def differences(want: Wanted, info: Mapping[str, Any]) -> list[str]:
@@ -165,7 +169,7 @@ def differences(want: Wanted, info: Mapping[str, Any]) -> list[str]:
 def settings_status(st: Mapping[str, Any], want: Wanted) -> dict[str, Any]:
     """A user's status with the policy in force and the role it set; either absent when none (a
     key left out is removed by the status patch)."""
-    managed = {"policy": want.policy or None, "role": want.role}
+    managed = {"policy": want.policy or None, "policyGeneration": want.generation or None, "role": want.role}
     return {
         **{k: v for k, v in st.items() if k not in managed},
         **{k: v for k, v in managed.items() if v is not None},
