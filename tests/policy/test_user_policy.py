@@ -3,15 +3,16 @@ real endpoint process, the operator under the chart's RBAC, the real API server 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from kubernetes_asyncio.client.exceptions import ApiException
-from operator_helpers import Admin, Kube, OperatorProcess, eventually
+from operator_helpers import Admin, Kube, OperatorProcess, eventually, metric_sum
 from policy_helpers import put_policy
-from test_end_to_end import endpoint, scim, scim_token  # noqa: F401  (fixtures)
+from test_restart import calls
 
 import scim_contract as c
 
@@ -61,7 +62,7 @@ async def _wide_row(kube: Kube, name: str) -> dict[str, Any]:
 
 
 async def test_admin_group_role_falls_back_to_the_default_when_the_member_leaves(
-    scim: Callable[..., Any], start_operator: Callable[..., OperatorProcess],  # noqa: F811
+    scim: Callable[..., Any], start_operator: Callable[..., OperatorProcess],
     kube_rw: Kube, admin: Admin, namespace: str,
 ) -> None:
     start_operator(drift_interval="600")
@@ -138,7 +139,7 @@ async def test_admin_group_role_falls_back_to_the_default_when_the_member_leaves
 
 
 async def test_ties_department_selector_drift_and_bad_policies(
-    scim: Callable[..., Any], start_operator: Callable[..., OperatorProcess],  # noqa: F811
+    scim: Callable[..., Any], start_operator: Callable[..., OperatorProcess],
     kube_rw: Kube, admin: Admin, namespace: str,
 ) -> None:
     start_operator(drift_interval="1")
@@ -206,3 +207,45 @@ async def test_ties_department_selector_drift_and_bad_policies(
     await put_user_policy(kube_rw, "eng", {"userSelector": {"matchAttributes": {"department": "engineering"}},
                                            "user": {"rpmLimit": 3}})
     await eventually(_user_has(admin, dave, rpm_limit=3), what="operator still applies policies")
+
+
+async def test_restart_keeps_applied_user_policies_without_writes_and_applies_one_changed_while_down(
+    start_operator: Callable[..., OperatorProcess], kube_rw: Kube, admin: Admin, namespace: str,
+) -> None:
+    """A restart skips users whose status records the policy in force at its generation; a policy
+    edited while no operator ran is still applied to every user it is in force for."""
+    users = [f"pr{i}-{namespace}" for i in range(5)]
+    await put_user_policy(kube_rw, "everyone", {
+        "default": True, "user": {"role": "internal_user_viewer", "maxBudget": 5}})
+    for name in users:
+        await kube_rw.create(c.USER, name, {"userName": f"{name}@example.com"})
+    group = f"unrelated-{namespace}"
+    await kube_rw.create(c.GROUP, group, {"displayName": f"Unrelated {namespace}"})
+    first = start_operator(drift_interval="600")
+    for name in users:
+        await eventually(_status_is(kube_rw, name, policy="everyone", role="internal_user_viewer"),
+                         within=120, what=f"{name} under the default policy")
+    await eventually(lambda: kube_rw.condition(c.GROUP, group, "Synced"), within=60, what="group synced")
+    first.stop()
+
+    second = start_operator(drift_interval="600")
+
+    async def group_resumed() -> float | None:
+        done = metric_sum(second.metrics(), "litellm_scim_operator_reconciles_total", kind="group")
+        return done or None
+
+    await eventually(group_resumed, within=60, what="the group resumed")
+    # A group change user selectors look at starts a pass over the users whose policy may have moved.
+    await kube_rw.objects.patch_namespaced_custom_object(
+        c.API_GROUP, c.VERSION, kube_rw.ns, c.GROUP.plural, group, {"metadata": {"labels": {"touched": "yes"}}},
+        _content_type="application/merge-patch+json")
+    await asyncio.sleep(3)
+    made = calls(second)
+    assert made.get("/user/info", 0) == 0 and "/user/update" not in made, made
+    second.stop()
+
+    await put_user_policy(kube_rw, "everyone", {
+        "default": True, "user": {"role": "internal_user_viewer", "maxBudget": 7}})
+    start_operator(drift_interval="600")
+    for name in users:
+        await eventually(_user_has(admin, name, max_budget=7), within=60, what=f"{name} budget from the edited policy")
