@@ -133,6 +133,7 @@ class ScimUserStatus(_Model):
     lastSyncTime: str | None = None
     groups: int | None = None
     policy: str | None = None
+    policyGeneration: int | None = None
     role: str | None = None
     handledConfiguration: str | None = None
     litellm: LiteLLMUserRef | None = None
