@@ -360,6 +360,35 @@ def _role_differences(
             for uid, role in policies.role_changes(both, admins, policies.member_roles(info))]
 
 
+def _team_findings(
+    op: Operator, view: View, name: str, spec: ScimGroupSpec, policy: Policy | None, team_id: str,
+    info: dict[str, Any] | None,
+) -> list[str]:
+    """What differs between LiteLLM's team and what the group and its policy want (keys apart)."""
+    if info is None:
+        return [f"LiteLLM team {team_id} was deleted in LiteLLM"]
+    if ownership(info.get("metadata"), op.settings.owner_tag, op.namespace, name) != "owned":
+        return []
+    findings: list[str] = []
+    if info.get("team_alias") != spec.displayName:
+        findings.append(f"team alias is {info.get('team_alias')!r}, expected {spec.displayName!r}")
+    if policies.version(policy) != op.memory.teams.policies.get(name):
+        findings.append(f"policy in effect is now {policies.version(policy)[0] or 'none'}")
+    refused = op.memory.teams.refused.get(name, {})
+    findings += policies.team_differences(policy.spec.team if policy else None, info, skip=refused)
+    desired = view.desired_members(name)
+    current = team_members(info)
+    if "role" not in refused:
+        findings += _role_differences(view, policy, info, desired, current)
+    missing, extra = membership_differences(desired, current)
+    findings += [f"member {desired[m]} missing from team" for m in missing[:20]]
+    findings += [f"member {view.display(m)} in team but not in the group" for m in extra[:20]]
+    hidden = len(missing) + len(extra) - min(20, len(missing)) - min(20, len(extra))
+    if hidden:
+        findings.append(f"and {hidden} more membership difference(s)")
+    return findings
+
+
 async def check_drift(op: Operator, view: View, body: Any) -> None:
     """The drift timer of a ScimGroup."""
     name = body["metadata"]["name"]
@@ -372,31 +401,22 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
         return
     policy = view.policy_of(name, spec.model_dump())
     drift_policy = (policy.spec.driftPolicy if policy else None) or op.settings.drift_policy
+    try:
+        # A background read before taking the lock: the group's own reconcile never waits behind it.
+        first = await op.litellm.team_info(team_id, background=True)
+    except LiteLLMError as exc:
+        await context.drift_check_failed(op, GROUP, name, exc)
+        return
     async with op.memory.lock("group", name):
+        if name not in op.memory.teams.ids:
+            return
         try:
-            findings: list[str] = []
-            info = await op.litellm.team_info(team_id)
-            if info is None:
-                findings.append(f"LiteLLM team {team_id} was deleted in LiteLLM")
-            elif ownership(info.get("metadata"), op.settings.owner_tag, op.namespace, name) == "owned":
-                if info.get("team_alias") != spec.displayName:
-                    findings.append(
-                        f"team alias is {info.get('team_alias')!r}, expected {spec.displayName!r}"
-                    )
-                if policies.version(policy) != op.memory.teams.policies.get(name):
-                    findings.append(f"policy in effect is now {policies.version(policy)[0] or 'none'}")
-                refused = op.memory.teams.refused.get(name, {})
-                findings += policies.team_differences(policy.spec.team if policy else None, info, skip=refused)
-                desired = view.desired_members(name)
-                current = team_members(info)
-                if "role" not in refused:
-                    findings += _role_differences(view, policy, info, desired, current)
-                missing, extra = membership_differences(desired, current)
-                findings += [f"member {desired[m]} missing from team" for m in missing[:20]]
-                findings += [f"member {view.display(m)} in team but not in the group" for m in extra[:20]]
-                hidden = len(missing) + len(extra) - min(20, len(missing)) - min(20, len(extra))
-                if hidden:
-                    findings.append(f"and {hidden} more membership difference(s)")
+            info, findings = first, _team_findings(op, view, name, spec, policy, team_id, first)
+            if findings:  # confirmed by a fresh read: a reconcile may have run since the first one
+                info = await op.litellm.team_info(team_id)
+                findings = _team_findings(op, view, name, spec, policy, team_id, info)
+            owner = ownership(info.get("metadata"), op.settings.owner_tag, op.namespace, name) if info else None
+            if owner == "owned":
                 findings += await keys.drift_of(op, name, policy, repair=drift_policy == "correct")
             out = None
             if findings:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import aiohttp
@@ -21,6 +22,7 @@ from pydantic import SecretStr
 
 from scim_operator import metrics
 from scim_operator.priority import PrioritySlots
+from scim_operator.user_reads import UserReads
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +126,9 @@ class LiteLLM:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._limit = PrioritySlots(concurrency)
         self._member_limit = asyncio.Semaphore(member_add_slots(concurrency))
+        self._background_limit = asyncio.Semaphore(member_add_slots(concurrency))
         self._session: aiohttp.ClientSession | None = None
+        self._user_reads = UserReads(self.users_by_id)
 
     def __repr__(self) -> str:
         return f"LiteLLM(url={self._url!r})"
@@ -134,6 +138,7 @@ class LiteLLM:
         return self._url
 
     async def close(self) -> None:
+        await self._user_reads.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -155,15 +160,19 @@ class LiteLLM:
         params: dict[str, str] | None = None,
         body: dict[str, Any] | None = None,
         urgent: bool = False,
+        background: bool = False,
     ) -> Any:
         """One admin API call. ``urgent``: it takes access away (lists or blocks a user's keys, deletes
         keys, users or memberships). Urgent calls go first when calls queue up: a deactivation during
         a bulk provisioning must not wait behind hundreds of queued user creations. (Giving team and
         membership calls precedence too was measured and rejected: the early, partial member additions
-        it causes cost LiteLLM more than the overlap saves.)"""
+        it causes cost LiteLLM more than the overlap saves.) ``background``: a drift read, served after
+        everything else and at most a quarter of the slots at once, so periodic checks of a large
+        directory never hold back a reconcile, nor load the proxy while member additions (which hold
+        few slots of their own) run."""
         endpoint = path
         status_label = "error"
-        async with self._limit.slot(0 if urgent else 1):
+        async with self._background_slot(background), self._limit.slot(0 if urgent else 2 if background else 1):
             # Latency is LiteLLM's answer time, not time spent waiting for a free slot here.
             started = time.perf_counter()
             try:
@@ -197,14 +206,24 @@ class LiteLLM:
                     },
                 )
 
+    @contextlib.asynccontextmanager
+    async def _background_slot(self, background: bool) -> AsyncIterator[None]:
+        if not background:
+            yield
+            return
+        async with self._background_limit:
+            yield
+
     async def _found(
         self, method: str, path: str, *, params: dict[str, str] | None = None,
-        body: dict[str, Any] | None = None, urgent: bool = False,
+        body: dict[str, Any] | None = None, urgent: bool = False, background: bool = False,
     ) -> tuple[bool, Any]:
         """(found, answer) of one call: LiteLLM's 404 means the object does not exist, an answer,
         not an error (the one place that turns it into one)."""
         try:
-            return True, await self.call(method, path, params=params, body=body, urgent=urgent)
+            return True, await self.call(
+                method, path, params=params, body=body, urgent=urgent, background=background
+            )
         except LiteLLMError as exc:
             if exc.status == 404:
                 return False, None
@@ -220,6 +239,39 @@ class LiteLLM:
         if not isinstance(info, dict) or info.get("user_id") != user_id:
             return None
         return info
+
+    async def drift_user_info(self, user_id: str) -> dict[str, Any] | None:
+        """What :meth:`user_info` answers, read for a drift check: together with the other drift
+        checks due within a second, in one ``/user/list`` call."""
+        return await self._user_reads.info(user_id)
+
+    async def users_by_id(self, user_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """user_id -> user record of those of ``user_ids`` LiteLLM has, in background calls of
+        ``/user/list?user_ids=`` (a comma-separated list, so an id holding a comma is read alone)."""
+        found: dict[str, dict[str, Any]] = {}
+        listed = [uid for uid in user_ids if "," not in uid]
+        for uid in user_ids:
+            if "," in uid and (info := await self.user_info(uid)) is not None:
+                found[uid] = info
+        wanted = set(listed)
+        page = 1
+        while listed:
+            data = await self.call(
+                "GET", "/user/list",
+                params={"user_ids": ",".join(listed), "page": str(page), "page_size": "100"},
+                background=True,
+            )
+            users = data.get("users") if isinstance(data, dict) else None
+            if not isinstance(users, list):
+                raise LiteLLMError(502, "LiteLLM answered /user/list without a user list", endpoint="/user/list")
+            for user in users:
+                held = user.get("user_id") if isinstance(user, dict) else None
+                if isinstance(held, str) and held in wanted:  # the filter is LiteLLM's: trust exact ids only
+                    found[held] = user
+            if not users or page >= int(data.get("total_pages") or 1):
+                return found
+            page += 1
+        return found
 
     async def user_new(self, body: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = await self.call("POST", "/user/new", body={**body, "auto_create_key": False})
@@ -243,8 +295,8 @@ class LiteLLM:
         return found
 
     # ---- teams -------------------------------------------------------------------------------
-    async def team_info(self, team_id: str) -> dict[str, Any] | None:
-        found, data = await self._found("GET", "/team/info", params={"team_id": team_id})
+    async def team_info(self, team_id: str, *, background: bool = False) -> dict[str, Any] | None:
+        found, data = await self._found("GET", "/team/info", params={"team_id": team_id}, background=background)
         if not found:
             return None
         info = data.get("team_info") if isinstance(data, dict) else None

@@ -390,16 +390,22 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
         return
     user_id, note = identity.resolve(name, spec, op.settings.user_id_strategy, status["litellm"]["userId"])
     desired = desired_user(name, spec, _policy(view, name, spec, status)[1], user_id)
+    try:
+        # Read with the other drift checks due now, in one background /user/list call, and before
+        # taking the lock: a reconcile of this user never waits behind a queued drift read.
+        first = await op.litellm.drift_user_info(desired.user_id)
+    except LiteLLMError as exc:
+        await context.drift_check_failed(op, USER, name, exc)
+        return
     async with op.memory.lock("user", name):
+        if name in op.memory.users.deleting:
+            return
         try:
-            findings: list[str] = []
-            info = await op.litellm.user_info(desired.user_id)
-            if info is None:
-                findings.append(f"LiteLLM user {desired.user_id} was deleted in LiteLLM")
-            else:
-                owner = ownership(info.get("metadata"), op.settings.owner_tag, op.namespace, name)
-                if owner == "owned":
-                    findings += user_differences(desired, info)
+            findings = _user_findings(op, name, desired, first)
+            info = first
+            if findings:  # confirmed by a fresh read: a reconcile may have run since the batched one
+                info = await op.litellm.user_info(desired.user_id)
+                findings = _user_findings(op, name, desired, info)
             if not desired.active and info is not None:
                 keys = await op.litellm.user_keys(desired.user_id)
                 loose = [str(k.get("token", ""))[:12] for k in keys if not k.get("blocked")]
@@ -421,6 +427,15 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
             await context.drift_check_failed(op, USER, name, exc)
             return
         await _report_drift(op, view, body, name, findings, out, note)
+
+
+def _user_findings(op: Operator, name: str, desired: DesiredUser, info: dict[str, Any] | None) -> list[str]:
+    """What differs between a LiteLLM user record and what the ScimUser wants (nothing to say about
+    a record another owner holds: the reconcile reports that)."""
+    if info is None:
+        return [f"LiteLLM user {desired.user_id} was deleted in LiteLLM"]
+    owner = ownership(info.get("metadata"), op.settings.owner_tag, op.namespace, name)
+    return user_differences(desired, info) if owner == "owned" else []
 
 
 async def _report_drift(

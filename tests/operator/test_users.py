@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from operator_helpers import Admin, Kube, OperatorProcess, eventually
+from operator_helpers import Admin, Kube, OperatorProcess, eventually, metric_sum
 
 import scim_contract as c
 
@@ -181,3 +182,42 @@ async def test_litellm_refusal_is_the_condition_message(
     # LiteLLM's own words, without the address it quotes (conditions and Events are namespace-readable).
     assert cond["message"] == "/user/new: User with email <email> already exists (HTTP 409)"
     assert await admin.user(second) is None
+
+
+async def test_drift_checks_read_users_together_and_recreate_one_deleted_in_litellm(
+    start_operator: Callable[..., OperatorProcess], kube_rw: Kube, admin: Admin, ids: Callable[[str], str],
+) -> None:
+    """Each user is checked every drift interval (2 s here), but the users due together cost one
+    /user/list call, not a /user/info each; a user deleted in LiteLLM is found and made again."""
+    operator = start_operator(drift_interval="2")
+    names = [ids(f"drift{i}") for i in range(6)]
+    for name in names:
+        await kube_rw.create(c.USER, name, {"userName": f"{name}@example.com"})
+    for name in names:
+        await eventually(lambda n=name: _synced(kube_rw, n), what=f"{name} synced")
+
+    def calls(endpoint: str) -> float:
+        return metric_sum(operator.metrics(), "litellm_scim_operator_litellm_calls_total", endpoint=endpoint)
+
+    infos, lists = calls("/user/info"), calls("/user/list")
+    await asyncio.sleep(8)  # every user's drift timer fires about three times
+    checks = calls("/user/list") - lists
+    assert checks >= 2, "the drift timers read LiteLLM"
+    assert calls("/user/info") - infos == 0, "no user was read alone: nothing differed"
+
+    status, _ = await admin.post("/user/delete", {"user_ids": [names[0]]})
+    assert status == 200
+    corrected = await eventually(lambda: _reason(kube_rw, names[0], "Corrected"), what="drift corrected")
+    assert "was deleted in LiteLLM" in corrected["message"]
+    again = await eventually(lambda: admin.user(names[0]), what="LiteLLM user made again")
+    assert again["user_email"] == f"{names[0]}@example.com"
+
+
+async def _synced(kube: Kube, name: str) -> dict[str, Any] | None:
+    cond = await kube.condition(c.USER, name, "Synced")
+    return cond if cond and cond.get("status") == "True" else None
+
+
+async def _reason(kube: Kube, name: str, reason: str) -> dict[str, Any] | None:
+    cond = await kube.condition(c.USER, name, "Drifted")
+    return cond if cond and cond.get("reason") == reason else None
