@@ -137,6 +137,7 @@ OPERATOR_LAYERS = {
     "identity": 0,
     "key_secrets": 0,
     "priority": 0,
+    "user_reads": 0,
     "metrics": 0,
 }
 
