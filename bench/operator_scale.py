@@ -12,7 +12,9 @@ restart, and measures:
 - a burst of ``--burst`` member additions written as the endpoint writes them (ScimMemberShard
   updates, one member into each of ``--burst`` groups) while everything else rests: seconds until
   LiteLLM holds every one of them, against the same ``/team/member_add`` calls made directly by
-  ``bench/litellm_floor.py`` in the same run (ratio 1.0 is the rate LiteLLM allows).
+  ``bench/litellm_floor.py`` in the same run (ratio 1.0 is the rate LiteLLM allows). The burst is
+  written once every user's drift timer runs (``--burst-at``, 1.2 drift intervals after the start),
+  so it shares LiteLLM with the drift checks of the whole directory, as it would at any later time.
 
 Seeding, and why it is cheap: the custom resources are those the endpoint writes (the seeding helpers
 of ``bench/scale.py``, without the endpoint's name claims, which the operator never reads), created
@@ -359,10 +361,15 @@ async def run(args: argparse.Namespace, n_users: int, n_groups: int) -> dict[str
             print(f"restart: {restart}", flush=True)
 
             if args.burst and restart["idle"]:
+                # Drift timers first fire 0.8-1.2 drift intervals after the start: from then on every
+                # user is checked once per interval, and the burst has to share LiteLLM with that.
+                burst_at = args.drift_interval * 1.2 if args.burst_at is None else args.burst_at
+                await asyncio.sleep(max(0.0, started + burst_at - time.monotonic()))
                 before = calls_by_endpoint(operator.metrics())
                 result["burst"] = await burst(api, ns, proxy, names, uids, contents, args.burst, rng)
                 after = calls_by_endpoint(operator.metrics())
                 result["burst"]["calls"] = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+                result["burst"]["started_after_seconds"] = round(burst_at)
                 result["burst"]["rss_mib_after"] = round(rss_mib(operator.proc.pid), 1) if operator.proc else None
                 operator.stop()
                 operator = None
@@ -403,6 +410,9 @@ def cli() -> int:
     parser.add_argument("--burst", type=int, default=1000, help="member additions, one per group")
     parser.add_argument("--concurrency", type=int, default=8, help="--litellm-concurrency of the operator")
     parser.add_argument("--drift-interval", type=float, default=300.0)
+    parser.add_argument("--burst-at", type=float, default=None,
+                        help="seconds after the operator's start to write the burst (default 1.2 drift "
+                             "intervals: every drift timer is running by then)")
     parser.add_argument("--series", default="", help="comma-separated user counts, groups = users / 10")
     parser.add_argument("--idle-limit", type=float, default=1800.0,
                         help="seconds to wait for the restarted operator to become idle")
