@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import aiohttp
@@ -172,7 +172,8 @@ class LiteLLM:
         few slots of their own) run."""
         endpoint = path
         status_label = "error"
-        async with self._background_slot(background), self._limit.slot(0 if urgent else 2 if background else 1):
+        share = self._background_limit if background else contextlib.nullcontext()
+        async with share, self._limit.slot(0 if urgent else 2 if background else 1):
             # Latency is LiteLLM's answer time, not time spent waiting for a free slot here.
             started = time.perf_counter()
             try:
@@ -205,14 +206,6 @@ class LiteLLM:
                         "fields": {"endpoint": endpoint, "status": status_label, "seconds": round(elapsed, 4)}
                     },
                 )
-
-    @contextlib.asynccontextmanager
-    async def _background_slot(self, background: bool) -> AsyncIterator[None]:
-        if not background:
-            yield
-            return
-        async with self._background_limit:
-            yield
 
     async def _found(
         self, method: str, path: str, *, params: dict[str, str] | None = None,
