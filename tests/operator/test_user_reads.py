@@ -15,7 +15,6 @@ from pydantic import SecretStr
 from litellm_scim import peers
 from scim_operator import metrics
 from scim_operator.litellm_api import LiteLLM, LiteLLMError
-from scim_operator.priority import PrioritySlots
 from scim_operator.user_reads import UserReads
 
 
@@ -73,25 +72,41 @@ async def test_a_cancelled_read_is_not_fetched_and_does_not_disturb_the_others()
     await reads.close()
 
 
-async def test_background_calls_wait_for_every_reconcile_call() -> None:
-    """The slot order the client uses: urgent 0, reconcile 1, drift 2."""
-    slots = PrioritySlots(1)
+async def test_drift_reads_wait_for_every_reconcile_call_and_urgent_calls_go_first() -> None:
+    """One slot, busy: a drift read queued first is served after a reconcile and an urgent call
+    queued later, in that order."""
     order: list[str] = []
     gate = asyncio.Event()
 
-    async def hold(priority: int, name: str) -> None:
-        async with slots.slot(priority):
-            order.append(name)
-            await gate.wait()
+    async def handle(request: web.Request) -> web.Response:
+        order.append(request.path)
+        if len(order) == 1:
+            await gate.wait()  # the call already in flight when the others queue
+        return web.json_response({"users": [], "total_pages": 1, "team_info": {"team_id": "t"}, "keys": []})
 
-    tasks = [asyncio.create_task(hold(1, "running"))]
-    await asyncio.sleep(0)
-    for priority, name in [(2, "drift"), (1, "reconcile"), (0, "block-keys")]:
-        tasks.append(asyncio.create_task(hold(priority, name)))
-        await asyncio.sleep(0)
-    gate.set()
-    await asyncio.gather(*tasks)
-    assert order == ["running", "block-keys", "reconcile", "drift"]
+    app = web.Application()
+    for path in ("/team/info", "/user/list", "/key/list"):
+        app.router.add_get(path, handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = peers.free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    client = LiteLLM(f"http://127.0.0.1:{port}", SecretStr("sk-test"), timeout=10, concurrency=1)
+    try:
+        running = asyncio.create_task(client.team_info("running"))
+        await asyncio.sleep(0.2)
+        queued = [asyncio.create_task(client.users_by_id(["u1"]))]
+        await asyncio.sleep(0.05)
+        queued.append(asyncio.create_task(client.team_info("reconcile")))
+        await asyncio.sleep(0.05)
+        queued.append(asyncio.create_task(client.user_keys("u2")))
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(running, *queued)
+        assert order == ["/team/info", "/key/list", "/team/info", "/user/list"]
+    finally:
+        await client.close()
+        await runner.cleanup()
 
 
 async def test_drift_reads_hold_at_most_a_quarter_of_the_slots_and_leave_the_rest_to_reconciles() -> None:
