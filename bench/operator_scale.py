@@ -250,7 +250,11 @@ async def until_idle(operator: OperatorProcess, started: float, quiet: float = 1
     while time.monotonic() - last_busy < quiet and time.monotonic() - started < limit:
         await asyncio.sleep(1.0)
         now_cpu = cpu_seconds(pid)
-        now_calls = calls_by_endpoint(await asyncio.to_thread(operator.metrics))
+        try:
+            now_calls = calls_by_endpoint(await asyncio.to_thread(operator.metrics))
+        except OSError:  # metrics not answered within 5 s: the process is busy, not idle
+            last_busy = time.monotonic()
+            continue
         peak = max(peak, rss_mib(pid))
         if now_calls != calls or now_cpu - cpu > 0.05:
             last_busy = time.monotonic()

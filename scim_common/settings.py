@@ -65,7 +65,7 @@ class OperatorSettings(CommonSettings):
     )
     litellm_timeout: float = Field(30.0, description="Timeout of one LiteLLM admin API call, in seconds")
     litellm_concurrency: int = Field(8, description="LiteLLM admin API calls in flight at once")
-    drift_interval: float = Field(300.0, description="Seconds between drift checks of one resource (jittered)")
+    drift_interval: float = Field(300.0, description="Seconds between drift checks of one resource")
     drift_policy: Literal["correct", "report"] = Field(
         "correct", description="On drift: correct LiteLLM, or only report it"
     )

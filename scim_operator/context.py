@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -15,6 +15,7 @@ from scim_common.settings import OperatorSettings
 from scim_contract import ResourceKind
 from scim_operator import metrics
 from scim_operator.bookkeeping import StatusDiffBase
+from scim_operator.drift_sweep import Activity
 from scim_operator.litellm_api import LiteLLM, LiteLLMError
 from scim_operator.objects import failed_status
 from scim_operator.resources import Resources, emit
@@ -32,6 +33,8 @@ class Operator:
     secrets: Secrets
     memory: Memory
     diffbase: StatusDiffBase
+    # Whether Kopf lets this replica act (peering), for the work Kopf does not schedule itself.
+    activity: Activity = field(default_factory=Activity)
 
     @property
     def namespace(self) -> str:

@@ -390,7 +390,7 @@ def _team_findings(
 
 
 async def check_drift(op: Operator, view: View, body: Any) -> None:
-    """The drift timer of a ScimGroup."""
+    """The drift check of a ScimGroup (from the sweep)."""
     name = body["metadata"]["name"]
     team_id = (body.get("status") or {}).get("litellm", {}).get("teamId")
     if not team_id or name not in op.memory.teams.ids:

@@ -5,14 +5,15 @@ built at start-up, so the settings (drift interval, namespace) are plain values,
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
 
 from scim_contract import API_GROUP, GROUP, POLICY, SHARD, USER, USER_POLICY, VERSION
 from scim_operator import (
+    drift_sweep,
     group_keys,
     groups,
     key_secrets,
@@ -32,17 +33,6 @@ log = logging.getLogger(__name__)
 
 
 
-async def every_drift_interval(
-    op: Operator, stopped: kopf.DaemonStopped, check: Callable[[], Awaitable[None]]
-) -> None:
-    """A drift daemon: one check per (jittered) drift interval until the resource goes away."""
-    while not stopped:
-        await stopped.wait(op.jittered_drift_interval())
-        if stopped:
-            return
-        await check()
-
-
 def build_registry(op: Operator) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
@@ -60,6 +50,39 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
             groups=kw["group_index"],
             user_policies=kw["user_policy_index"],
         )
+
+    # ---- drift: one sweep per kind, not a daemon per resource (``drift_sweep``) -----------------
+    sweeps: list[asyncio.Task[None]] = []
+
+    @kopf.on.startup(id="drift-sweeps", registry=registry)
+    async def start_sweeps(**kw: Any) -> None:
+        # Startup handlers get the same live indexes as resource handlers.
+        if not drift_sweep.captured(op.activity) and not op.settings.standalone:
+            log.warning("Kopf's pause state not found: drift checks run on every replica")
+
+        async def user(name: str) -> None:
+            body = op.resources.latest(USER, name)
+            if body is not None:
+                await users.check_drift(op, view(kw), body)
+
+        async def group(name: str) -> None:
+            body = op.resources.latest(GROUP, name)
+            if body is not None:
+                await groups.check_drift(op, view(kw), body)
+
+        def interval() -> float:
+            return float(op.settings.drift_interval)
+
+        sweeps.append(asyncio.create_task(drift_sweep.sweep(
+            op.activity, interval, lambda: kw["user_index"].keys(), user, kind="user")))
+        sweeps.append(asyncio.create_task(drift_sweep.sweep(
+            op.activity, interval, lambda: kw["group_index"].keys(), group, kind="group")))
+
+    @kopf.on.cleanup(id="drift-sweeps", registry=registry)
+    async def stop_sweeps(**_: Any) -> None:
+        for task in sweeps:
+            task.cancel()
+        await asyncio.gather(*sweeps, return_exceptions=True)
 
     # ---- indexes: the desired memberships, kept by Kopf from the watch streams -------------------
     # Coroutines, not plain functions: Kopf runs a plain function in a thread pool, a hop per event
@@ -91,10 +114,12 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
     # ---- the newest ScimUser and ScimGroup objects, for status writes without a read first ----
     @kopf.on.event(API_GROUP, VERSION, USER.plural, id="user-seen", registry=registry)
     async def user_seen(event: kopf.RawEvent, name: str, **_: Any) -> None:
+        op.activity.remember_handler_context()
         op.resources.seen(USER, name, None if event.get("type") == "DELETED" else dict(event["object"]))
 
     @kopf.on.event(API_GROUP, VERSION, GROUP.plural, id="group-seen", registry=registry)
     async def group_seen(event: kopf.RawEvent, name: str, **_: Any) -> None:
+        op.activity.remember_handler_context()
         op.resources.seen(GROUP, name, None if event.get("type") == "DELETED" else dict(event["object"]))
 
     # ---- ScimUser ----------------------------------------------------------------------------
@@ -112,12 +137,6 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         await users.delete(op, body, retry)
         await group_keys.user_keys(op, view(kw), body["metadata"]["name"])
 
-    @kopf.daemon(
-        API_GROUP, VERSION, USER.plural, id="user-drift", cancellation_timeout=5.0, registry=registry
-    )
-    async def user_drift(stopped: kopf.DaemonStopped, body: kopf.Body, **kw: Any) -> None:
-        await every_drift_interval(op, stopped, lambda: users.check_drift(op, view(kw), body))
-
     # ---- ScimGroup ---------------------------------------------------------------------------
     @kopf.on.resume(API_GROUP, VERSION, GROUP.plural, id="group-resume", registry=registry)
     async def group_resumed(body: kopf.Body, retry: int, **kw: Any) -> None:
@@ -131,12 +150,6 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
     @kopf.on.delete(API_GROUP, VERSION, GROUP.plural, id="group-delete", registry=registry)
     async def group_deleted(body: kopf.Body, retry: int, **kw: Any) -> None:
         await groups.delete(op, view(kw), body, retry)
-
-    @kopf.daemon(
-        API_GROUP, VERSION, GROUP.plural, id="group-drift", cancellation_timeout=5.0, registry=registry
-    )
-    async def group_drift(stopped: kopf.DaemonStopped, body: kopf.Body, **kw: Any) -> None:
-        await every_drift_interval(op, stopped, lambda: groups.check_drift(op, view(kw), body))
 
     # ---- ScimMemberShard: differences, no finalizer, nothing written to the shard ------------
     @kopf.on.event(API_GROUP, VERSION, SHARD.plural, id="shard", registry=registry)

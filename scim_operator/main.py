@@ -17,7 +17,7 @@ from scim_common import kube
 from scim_common.logs import setup_logging
 from scim_common.settings import OperatorSettings
 from scim_contract import API_GROUP, FINALIZER
-from scim_operator import metrics
+from scim_operator import drift_sweep, metrics
 from scim_operator.bookkeeping import StatusDiffBase
 from scim_operator.context import Operator
 from scim_operator.handlers import build_registry
@@ -193,6 +193,7 @@ async def operate(settings: OperatorSettings, *, stop_flag: Any = None, ready_fl
             },
         )
         quiet_toggle_sets()
+        drift_sweep.watch(op.activity)
         await kopf.operator(
             registry=build_registry(op),
             settings=kopf_settings(settings, op.diffbase),

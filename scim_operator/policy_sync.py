@@ -45,7 +45,7 @@ async def reapply(op: Operator, view: View, only: set[str] | None = None) -> Non
             try:
                 await groups.reconcile(op, view, body, 0)
             except (kopf.TemporaryError, kopf.PermanentError) as exc:
-                # The group's drift timer retries; the group's status already says why.
+                # The group's drift check retries; the group's status already says why.
                 log.warning("group not re-reconciled yet", extra={"fields": {"group": name, "error": str(exc)}})
 
     await asyncio.gather(*(one(n) for n in stale))

@@ -1,18 +1,24 @@
 """Reading and writing the custom resources' status, and Kubernetes Events about them.
 
 Status is written with a JSON merge patch of the whole ``status``, under the resource's lock, so the
-handler, the drift timer and the shard handler never undo each other. The patch is computed from the
+handler, the drift check and the shard handler never undo each other. The patch is computed from the
 newest object the operator's watch delivered and carries its resourceVersion: when the object changed
 since, the API server refuses (409) and the status is recomputed from a fresh read. Most writes thus
-cost one request instead of a read and a write."""
+cost one request instead of a read and a write.
+
+That newest object is kept for every ScimUser and ScimGroup, so it is kept small: as deflated JSON,
+without ``managedFields``, decoded only when a status write or a drift check needs it (a converged
+ScimUser: 0.8 KB instead of 17.6 KB of Python dicts; a ScimGroup 0.6 KB instead of 16 KB)."""
 
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 import kopf
+import msgspec
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -40,19 +46,41 @@ def emit(body: Any, reason: str, message: str, *, warning: bool = False) -> None
     kopf.event(body, type=kind, reason=reason, message=message[:1000])
 
 
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+
+
+def pack(obj: dict[str, Any]) -> bytes:
+    """An object as the operator keeps it: its JSON deflated, without the write history."""
+    meta = obj.get("metadata") or {}
+    if "managedFields" in meta:
+        obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+    return zlib.compress(_encode(obj), 1)
+
+
+def unpack(packed: bytes) -> dict[str, Any]:
+    obj: dict[str, Any] = _decode(zlib.decompress(packed))
+    return obj
+
+
 class Resources:
     def __init__(self, api: client.ApiClient, namespace: str) -> None:
         self._objects = client.CustomObjectsApi(api)
         self.namespace = namespace
         # Newest object of each (plural, name) seen by a watch or returned by a write.
-        self._latest: dict[tuple[str, str], dict[str, Any]] = {}
+        self._latest: dict[tuple[str, str], bytes] = {}
 
     def seen(self, kind: ResourceKind, name: str, obj: dict[str, Any] | None) -> None:
         """Record what a watch event delivered (None: the object was deleted)."""
         if obj is None:
             self._latest.pop((kind.plural, name), None)
         else:
-            self._latest[(kind.plural, name)] = obj
+            self._latest[(kind.plural, name)] = pack(obj)
+
+    def latest(self, kind: ResourceKind, name: str) -> dict[str, Any] | None:
+        """The newest object seen of a resource (a copy), None when none is known."""
+        packed = self._latest.get((kind.plural, name))
+        return None if packed is None else unpack(packed)
 
     async def get(self, kind: ResourceKind, name: str) -> dict[str, Any] | None:
         try:
@@ -73,7 +101,7 @@ class Resources:
     ) -> dict[str, Any] | None:
         """Apply ``change(current_status, object) -> new_status``; None when the object is gone."""
         key = (kind.plural, name)
-        obj = self._latest.get(key)
+        obj = self.latest(kind, name)
         for _ in range(5):
             if obj is None:
                 obj = await self.get(kind, name)
@@ -105,6 +133,6 @@ class Resources:
                     raise
                 obj = None  # changed since it was seen: read it again and recompute
                 continue
-            self._latest[key] = result
+            self._latest[key] = pack(result)
             return result
         raise kopf.TemporaryError(f"status of {kind.kind} {name} kept changing while being written", delay=1)

@@ -136,7 +136,7 @@ class Memory:
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def lock(self, kind: str, name: str) -> asyncio.Lock:
-        """Serialises everything the operator does for one resource (handler, drift timer, shards)."""
+        """Serialises everything the operator does for one resource (handler, drift check, shards)."""
         return self._locks.setdefault(f"{kind}/{name}", asyncio.Lock())
 
     def forget_lock(self, kind: str, name: str) -> None:

@@ -1,9 +1,9 @@
 """Drift reads of LiteLLM users, gathered into ``/user/list`` calls of up to 100 users.
 
-Each ScimUser still has its own drift timer, but a timer no longer costs a ``/user/info`` of its
-own: the users whose timers fire within the same short window are read together with
+A user's drift check no longer costs a ``/user/info`` of its own: the users whose checks the drift
+sweep (``drift_sweep``) starts within the same short window are read together with
 ``GET /user/list?user_ids=a,b,c``. At 100,000 users and a 300 s drift interval that is about 333
-timers a second, so the reads drop from 333 calls a second to a handful, and they run below every
+checks a second, so the reads drop from 333 calls a second to a handful, and they run below every
 reconcile in the call queue (``background``), so drift never holds back a provisioning burst."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class UserReads:
         try:
             return await future
         finally:
-            # A cancelled waiter leaves no reference behind (its daemon was stopped).
+            # A cancelled waiter leaves no reference behind (its sweep was stopped).
             waiters = self._waiting.get(user_id)
             if waiters is not None and future in waiters:
                 waiters.remove(future)

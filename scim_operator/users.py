@@ -1,7 +1,7 @@
 """ScimUser -> LiteLLM internal user: create/update, key blocking on deactivation, deletion, drift.
 
 Every function is level-based: it reads LiteLLM, compares with the resource and applies only the
-difference, so running it again (retry, restart after SIGKILL, drift timer) is harmless."""
+difference, so running it again (retry, restart after SIGKILL, drift check) is harmless."""
 
 from __future__ import annotations
 
@@ -379,7 +379,7 @@ def _strategy_id(op: Operator, name: str, body: Any) -> str | None:
 
 
 async def check_drift(op: Operator, view: View, body: Any) -> None:
-    """The drift timer of a ScimUser: compare LiteLLM with the resource, report, correct."""
+    """The drift check of a ScimUser (from the sweep): compare LiteLLM with the resource, report, correct."""
     name = body["metadata"]["name"]
     status = dict(body.get("status") or {})
     if not (status.get("litellm") or {}).get("userId") or name in op.memory.users.deleting:

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from operator_helpers import Admin, Kube, OperatorProcess, eventually
+from operator_helpers import Admin, Kube, OperatorProcess, eventually, metric_sum
 from product_access import ChartAccess
 
 import scim_contract as c
 
 pytestmark = [pytest.mark.litellm, pytest.mark.slow]
+
+CALLS = "litellm_scim_operator_litellm_calls_total"
 
 
 async def test_standby_replica_does_nothing_until_the_active_one_dies(
@@ -18,7 +20,9 @@ async def test_standby_replica_does_nothing_until_the_active_one_dies(
     chart_access: ChartAccess,
 ) -> None:
     # The chart's KopfPeering object: its Role may heartbeat into that one only.
-    peering = {"no-standalone": "", "peering": chart_access.peering, "peering_lifetime": "6"}
+    # A drift check every second: the standby must not make one (its indexes are not kept).
+    peering = {"no-standalone": "", "peering": chart_access.peering, "peering_lifetime": "6",
+               "drift_interval": "1"}
     active = start_operator(peering_priority="200", **peering)
     standby = start_operator(peering_priority="100", **peering)
 
@@ -33,6 +37,12 @@ async def test_standby_replica_does_nothing_until_the_active_one_dies(
     assert "user-create" in active.log_text()
     assert "user-create" not in standby.log_text()
     assert not await resumed(standby)
+
+    async def drift_read() -> bool:
+        return metric_sum(active.metrics(), CALLS, endpoint="/user/list") > 0
+
+    await eventually(drift_read, within=20, what="the active replica checks drift")
+    assert metric_sum(standby.metrics(), CALLS) == 0, "the standby called LiteLLM"
 
     active.kill()
     second = ids("quinn")

@@ -200,9 +200,9 @@ async def test_drift_checks_read_users_together_and_recreate_one_deleted_in_lite
         return metric_sum(operator.metrics(), "litellm_scim_operator_litellm_calls_total", endpoint=endpoint)
 
     infos, lists = calls("/user/info"), calls("/user/list")
-    await asyncio.sleep(8)  # every user's drift timer fires about three times
+    await asyncio.sleep(8)  # the drift sweep passes about three times
     checks = calls("/user/list") - lists
-    assert checks >= 2, "the drift timers read LiteLLM"
+    assert checks >= 2, "the drift checks read LiteLLM"
     assert calls("/user/info") - infos == 0, "no user was read alone: nothing differed"
 
     status, _ = await admin.post("/user/delete", {"user_ids": [names[0]]})

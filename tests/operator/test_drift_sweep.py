@@ -1,0 +1,148 @@
+"""The drift sweeps: one pass over every resource per interval, spread over it, nothing while Kopf
+pauses the replica (peering), and the resource copies they read from. The sweeps end to end (drift
+found and corrected, the standby quiet) run in test_users, test_groups and test_peering."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from kopf._cogs.aiokits import aiotoggles
+from kubernetes_asyncio import client
+
+from scim_contract import USER
+from scim_operator import drift_sweep
+from scim_operator.drift_sweep import Activity
+from scim_operator.resources import Resources, pack, unpack
+
+
+class _Checks:
+    def __init__(self, fail: set[str] | None = None, hold: float = 0.0) -> None:
+        self.seen: list[tuple[float, str]] = []
+        self.fail = fail or set()
+        self.hold = hold
+        self.in_flight = 0
+        self.most = 0
+
+    async def __call__(self, name: str) -> None:
+        self.seen.append((asyncio.get_running_loop().time(), name))
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        try:
+            await asyncio.sleep(self.hold)
+            if name in self.fail:
+                raise RuntimeError("LiteLLM said no")
+        finally:
+            self.in_flight -= 1
+
+
+async def _run_for(seconds: float, *args: Any, **kwargs: Any) -> None:
+    task = asyncio.create_task(drift_sweep.sweep(*args, **kwargs))
+    await asyncio.sleep(seconds)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_each_resource_is_checked_once_per_interval_spread_over_it() -> None:
+    checks = _Checks()
+    names = [f"u{i:02d}" for i in range(20)]
+    start = asyncio.get_running_loop().time()
+    await _run_for(1.75, Activity(), lambda: 0.5, lambda: names, checks, kind="user")
+    times = [t - start for t, _ in checks.seen]
+    # Passes at 0.5, 1.0 and 1.5 s, each in name order; the third is cut off.
+    assert [n for _, n in checks.seen][:40] == names + names
+    assert min(times) >= 0.5  # the first pass one interval after the start, as after a restart
+    first = times[:20]
+    assert first[-1] - first[0] >= 0.4  # spread over the interval, not all at once
+    # The second pass starts one interval after the first (a pass that waited a whole interval
+    # before starting would check each resource every second interval only).
+    assert 0.95 <= times[20] <= 1.3
+
+
+async def test_a_failing_check_does_not_end_the_sweep() -> None:
+    checks = _Checks(fail={"u1"})
+    await _run_for(0.88, Activity(), lambda: 0.3, lambda: ["u0", "u1", "u2"], checks, kind="user")
+    assert [n for _, n in checks.seen] == ["u0", "u1", "u2", "u0", "u1", "u2"]
+
+
+async def test_checks_in_flight_are_bounded_and_cancelled_with_the_sweep() -> None:
+    checks = _Checks(hold=10.0)
+    names = [f"u{i}" for i in range(50)]
+    await _run_for(0.4, Activity(), lambda: 0.1, lambda: names, checks, kind="user", parallel=8)
+    assert checks.most == 8
+    await asyncio.sleep(0)
+    assert checks.in_flight == 0  # the sweep's end cancelled the checks it started
+
+
+async def test_a_paused_replica_checks_nothing_and_waits_an_interval_after_resuming() -> None:
+    activity = Activity()
+    drift_sweep.watch(activity)
+    paused = aiotoggles.ToggleSet(any)  # as Kopf creates its pause state when it starts
+    assert drift_sweep.captured(activity)
+    peering = await paused.make_toggle(True, name="a higher-priority peer")
+    checks = _Checks()
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(drift_sweep.sweep(activity, lambda: 0.2, lambda: ["u0", "u1"], checks, kind="user"))
+    await asyncio.sleep(0.6)
+    assert checks.seen == []  # three intervals paused: not one check
+    resumed = loop.time()
+    await peering.turn_to(False)
+    await asyncio.sleep(0.5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert checks.seen and min(t for t, _ in checks.seen) >= resumed + 0.2
+
+
+async def test_a_pass_stops_when_the_replica_is_paused_midway() -> None:
+    activity = Activity()
+    drift_sweep.watch(activity)
+    paused = aiotoggles.ToggleSet(any)
+    peering = await paused.make_toggle(False, name="peering")
+    checks = _Checks()
+    names = [f"u{i:02d}" for i in range(10)]
+    task = asyncio.create_task(drift_sweep.sweep(activity, lambda: 0.5, lambda: names, checks, kind="user"))
+    await asyncio.sleep(0.75)  # halfway through the first pass
+    await peering.turn_to(True)
+    done = len(checks.seen)
+    await asyncio.sleep(0.6)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert 0 < done < len(names)
+    assert len(checks.seen) == done
+
+
+def test_other_toggle_sets_are_not_taken_for_the_pause_state() -> None:
+    activity = Activity()
+    drift_sweep.watch(activity)
+    aiotoggles.ToggleSet(all)  # Kopf's index pre-population set
+    assert not drift_sweep.captured(activity)
+    assert activity.active()
+
+
+async def test_resource_copies_keep_everything_but_the_write_history() -> None:
+    obj = {
+        "apiVersion": "scim.litellm-operator.dev/v1alpha1", "kind": "ScimUser",
+        "metadata": {"name": "u1", "resourceVersion": "42", "uid": "abc",
+                     "annotations": {"a": "x" * 300}, "managedFields": [{"manager": "kopf", "fieldsV1": {}}]},
+        "spec": {"userName": "ann@example.com", "emails": [{"value": "ann@example.com", "primary": True}]},
+        "status": {"litellm": {"userId": "u1"}, "conditions": [{"type": "Synced", "status": "True"}]},
+    }
+    packed = pack(obj)
+    assert len(packed) < len(str(obj)) // 2
+    back = unpack(packed)
+    assert "managedFields" not in back["metadata"]
+    assert back == {**obj, "metadata": {k: v for k, v in obj["metadata"].items() if k != "managedFields"}}
+    assert "managedFields" in obj["metadata"]  # the watch event's object is left as it was
+
+    async with client.ApiClient() as api:
+        resources = Resources(api, "ns")
+    resources.seen(USER, "u1", obj)
+    first = resources.latest(USER, "u1")
+    assert first == back
+    assert first is not None
+    first["status"] = {}  # a caller's change is its own
+    assert resources.latest(USER, "u1") == back
+    resources.seen(USER, "u1", None)
+    assert resources.latest(USER, "u1") is None
