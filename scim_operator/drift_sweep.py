@@ -9,13 +9,20 @@ bound, so the user checks due within the same second share one ``/user/list`` (`
 
 Kopf stops daemons on a standby replica (peering); these tasks are not Kopf's, so they ask
 ``Activity`` before every check: a paused replica checks nothing, and after resuming it waits a
-whole interval again, by which time Kopf's fresh listing has renewed the indexes and copies."""
+whole interval again, by which time Kopf's fresh listing has renewed the indexes and copies.
+
+``Timetable`` does the same for the checks each resource wants at its own time (a group's key
+rotations and the ends of key overlaps): a due time per name, one task running what is due."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import heapq
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -135,3 +142,108 @@ async def sweep(
             task.cancel()
         if running:
             await asyncio.gather(*running, return_exceptions=True)
+
+
+class Timetable:
+    """When each resource's next timed check is due (a group's key rotation, the end of a key's
+    overlap), and one task that runs the checks as they come due, up to ``parallel`` at once, only
+    while the replica is active.
+
+    It replaces a Kopf daemon per resource sleeping until its own next time: a name and a time per
+    resource here, against a task, a live copy of the object and Kopf's daemon bookkeeping there.
+    ``check`` returns the epoch its resource wants to be checked again at, or None for "nothing
+    planned" (checked again after ``idle()`` seconds, as a backstop); a failed check is retried after
+    ``retry`` seconds. A name is dropped when its time comes and ``exists`` says it is gone."""
+
+    def __init__(
+        self,
+        activity: Activity,
+        check: Callable[[str], Awaitable[float | None]],
+        *,
+        exists: Callable[[str], bool],
+        idle: Callable[[], float],
+        kind: str,
+        parallel: int = 64,
+        retry: float = 5.0,
+    ) -> None:
+        self._activity = activity
+        self._check = check
+        self._exists = exists
+        self._idle = idle
+        self._kind = kind
+        self._parallel = parallel
+        self._retry = retry
+        self._due: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._running: set[str] = set()
+        self._changed = asyncio.Event()
+
+    def at(self, name: str, when: float) -> None:
+        """Check ``name`` at epoch ``when``, or earlier if it is already due earlier."""
+        current = self._due.get(name)
+        if current is not None and current <= when:
+            return
+        self._due[name] = when
+        heapq.heappush(self._heap, (when, name))
+        if self._heap[0] == (when, name):
+            self._changed.set()
+
+    def forget(self, name: str) -> None:
+        self._due.pop(name, None)  # its heap entry is skipped when it comes up
+
+    def due(self, name: str) -> float | None:
+        return self._due.get(name)
+
+    async def run(self) -> None:
+        bound = asyncio.Semaphore(self._parallel)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(name: str) -> None:
+            following: float | None
+            try:
+                following = await self._check(name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # one resource's failure never stops the others' timers
+                log.warning("timed check failed", extra={"fields": {
+                    "kind": self._kind, "name": name, "error": f"{type(exc).__name__}: {exc}"}})
+                following = time.time() + self._retry
+            finally:
+                self._running.discard(name)
+                bound.release()
+            self.at(name, min(following if following is not None else math.inf, time.time() + self._idle()))
+
+        try:
+            while True:
+                if not self._activity.active():
+                    await self._activity.wait_active()
+                    continue
+                self._changed.clear()
+                now = time.time()
+                if not self._heap or self._heap[0][0] > now:
+                    wait = self._heap[0][0] - now if self._heap else None
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), wait)
+                    continue
+                when, name = heapq.heappop(self._heap)
+                if self._due.get(name) != when:
+                    continue  # moved earlier, or forgotten
+                if name in self._running:  # due again while its check still runs: right after it
+                    self._due.pop(name)
+                    self.at(name, now + 0.2)
+                    continue
+                del self._due[name]
+                if not self._exists(name):
+                    continue
+                await bound.acquire()
+                self._running.add(name)
+                context = self._activity.handler_context
+                task = asyncio.create_task(one(name), name=f"timed {self._kind} {name}",
+                                           context=None if context is None else context.copy())
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        finally:
+            for task in list(tasks):
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)

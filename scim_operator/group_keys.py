@@ -1,12 +1,12 @@
-"""A group's keys outside its own reconcile: a rotation request, the per-group key timer (rotation,
-end of overlaps) and a user's personal keys following the user, each under the group's lock, with
-the count recorded in the group's status."""
+"""A group's keys outside its own reconcile: a rotation request, the timed check of a group's keys
+(scheduled rotation, end of overlaps; ``key_tick``, run from the operator's key timetable) and a
+user's personal keys following the user, each under the group's lock, with the count recorded in
+the group's status."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -54,7 +54,7 @@ async def user_keys(op: Operator, view: View, user: str) -> None:
             try:
                 await sync_keys(op, view, group, only={user})
             except (LiteLLMError, KeyDeliveryError) as exc:
-                # The group's key timer and drift check converge it later.
+                # The group's timed key check and drift check converge it later.
                 log.warning("member keys not updated yet", extra={"fields": {"group": group, "error": str(exc)}})
 
 
@@ -83,21 +83,3 @@ async def rotate(op: Operator, view: View, group: str, retry: int) -> None:
         await sync_keys(op, view, group, None)
     except (LiteLLMError, KeyDeliveryError) as exc:
         raise kopf.TemporaryError(f"keys not rotated yet: {exc}", delay=min(30, 2 ** min(retry, 4))) from None
-
-
-async def run_timer(
-    op: Operator, view: Callable[[], View], stopped: kopf.DaemonStopped, group: str, body: Any
-) -> None:
-    """The per-group key timer: wakes for the next rotation or end of overlap, at the latest after a
-    drift interval."""
-    await stopped.wait(1.0)  # let the group's resume handler run first after a restart
-    while not stopped:
-        wait = op.jittered_drift_interval()
-        try:
-            following = await key_tick(op, view(), group, body)
-            if following is not None:
-                wait = min(wait, max(0.2, following - time.time()))
-        except (LiteLLMError, KeyDeliveryError) as exc:
-            log.warning("key timer of group failed", extra={"fields": {"group": group, "error": str(exc)}})
-            wait = min(wait, 5.0)
-        await stopped.wait(wait)

@@ -1,12 +1,14 @@
-"""Every Kopf registration of the operator, and nothing else: the indexes, handlers, daemons and
-timers, each a few lines that build the view from Kopf's indexes and hand off to a reconciler
-(``users``, ``groups``, ``group_keys``, ``policy_sync``). Everything is registered into one registry
-built at start-up, so the settings (drift interval, namespace) are plain values, not module globals."""
+"""Every Kopf registration of the operator, and nothing else: the indexes, handlers and timers, the
+drift sweeps and the key timetable, each a few lines that build the view from Kopf's indexes and
+hand off to a reconciler (``users``, ``groups``, ``group_keys``, ``policy_sync``). Everything is
+registered into one registry built at start-up, so the settings (drift interval, namespace) are
+plain values, not module globals."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import kopf
@@ -51,12 +53,21 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
             user_policies=kw["user_policy_index"],
         )
 
-    # ---- drift: one sweep per kind, not a daemon per resource (``drift_sweep``) -----------------
+    # ---- drift and key times: one task per kind, not a daemon per resource (``drift_sweep``) ----
     sweeps: list[asyncio.Task[None]] = []
+    startup: dict[str, Any] = {}  # the start-up handler's arguments: Kopf's live indexes
+
+    async def key_check(name: str) -> float | None:
+        body = op.resources.latest(GROUP, name)
+        return None if body is None else await group_keys.key_tick(op, view(startup), name, body)
+
+    key_times = drift_sweep.Timetable(op.activity, key_check, exists=lambda name: op.resources.known(GROUP, name),
+                                      idle=op.jittered_drift_interval, kind="group keys")
 
     @kopf.on.startup(id="drift-sweeps", registry=registry)
     async def start_sweeps(**kw: Any) -> None:
         # Startup handlers get the same live indexes as resource handlers.
+        startup.update(kw)
         if not drift_sweep.captured(op.activity) and not op.settings.standalone:
             log.warning("Kopf's pause state not found: drift checks run on every replica")
 
@@ -77,6 +88,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
             op.activity, interval, lambda: kw["user_index"].keys(), user, kind="user")))
         sweeps.append(asyncio.create_task(drift_sweep.sweep(
             op.activity, interval, lambda: kw["group_index"].keys(), group, kind="group")))
+        sweeps.append(asyncio.create_task(key_times.run()))
 
     @kopf.on.cleanup(id="drift-sweeps", registry=registry)
     async def stop_sweeps(**_: Any) -> None:
@@ -139,16 +151,19 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
 
     # ---- ScimGroup ---------------------------------------------------------------------------
     @kopf.on.resume(API_GROUP, VERSION, GROUP.plural, id="group-resume", registry=registry)
-    async def group_resumed(body: kopf.Body, retry: int, **kw: Any) -> None:
+    async def group_resumed(body: kopf.Body, name: str, retry: int, **kw: Any) -> None:
+        key_times.at(name, time.time() + 1.0)  # after this reconcile: rotations and overlaps due meanwhile
         await groups.reconcile(op, view(kw), body, retry, resumed=True)
 
     @kopf.on.create(API_GROUP, VERSION, GROUP.plural, id="group-create", registry=registry)
     @kopf.on.update(API_GROUP, VERSION, GROUP.plural, id="group-update", field="spec", registry=registry)
-    async def group_changed(body: kopf.Body, retry: int, **kw: Any) -> None:
+    async def group_changed(body: kopf.Body, name: str, retry: int, **kw: Any) -> None:
+        key_times.at(name, time.time() + 1.0)
         await groups.reconcile(op, view(kw), body, retry)
 
     @kopf.on.delete(API_GROUP, VERSION, GROUP.plural, id="group-delete", registry=registry)
-    async def group_deleted(body: kopf.Body, retry: int, **kw: Any) -> None:
+    async def group_deleted(body: kopf.Body, name: str, retry: int, **kw: Any) -> None:
+        key_times.forget(name)
         await groups.delete(op, view(kw), body, retry)
 
     # ---- ScimMemberShard: differences, no finalizer, nothing written to the shard ------------
@@ -187,10 +202,6 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
     async def rotate_requested(name: str, new: Any, retry: int, **kw: Any) -> None:
         if new:
             await group_keys.rotate(op, view(kw), name, retry)
-
-    @kopf.daemon(API_GROUP, VERSION, GROUP.plural, id="group-keys", cancellation_timeout=5.0, registry=registry)
-    async def key_timer(stopped: kopf.DaemonStopped, name: str, body: kopf.Body, **kw: Any) -> None:
-        await group_keys.run_timer(op, lambda: view(kw), stopped, name, body)
 
     @kopf.timer(API_GROUP, VERSION, POLICY.plural, id="policy-status", interval=policy_sync.STATUS_INTERVAL,
                 registry=registry)

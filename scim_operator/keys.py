@@ -381,7 +381,7 @@ def next_rotation(existing: Iterable[ks.Delivered], policy: Policy | None) -> fl
 
 
 def _delete_later(op: Operator, group: str, deadline: float) -> None:
-    """Delete the retired key right when its overlap ends (the daemon is the restart-safe backstop)."""
+    """Delete the retired key right when its overlap ends (the group's timed key check is the restart-safe backstop)."""
 
     async def later() -> None:
         await asyncio.sleep(max(0.0, deadline - time.time()) + 0.2)

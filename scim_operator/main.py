@@ -17,7 +17,7 @@ from scim_common import kube
 from scim_common.logs import setup_logging
 from scim_common.settings import OperatorSettings
 from scim_contract import API_GROUP, FINALIZER
-from scim_operator import drift_sweep, metrics
+from scim_operator import drift_sweep, kopf_patches, metrics
 from scim_operator.bookkeeping import StatusDiffBase
 from scim_operator.context import Operator
 from scim_operator.handlers import build_registry
@@ -34,55 +34,6 @@ ANNOTATION_PREFIX = f"operator.{API_GROUP}"
 
 class ConfigurationError(Exception):
     pass
-
-
-def quiet_toggle_sets() -> None:
-    """Kopf's ToggleSets wake every waiter only when the set's state changes.
-
-    While Kopf pre-populates the indexes at start-up, every object of an indexed kind (users, groups,
-    member shards, policies) adds a toggle to one set, drops it once indexed, and waits on the set's
-    shared condition until every object is indexed. Kopf 1.45 wakes all waiting objects on each add
-    and drop, though the set's state changes once at the end: with N objects that is N² wake-ups
-    (profiled: about 90 % of a restart's CPU at 3,000 users; at 10,000 users the initial listing did
-    not finish in 30 minutes). A waiter waits for a state, so a change that leaves the state as it
-    was has nobody to wake; turning a toggle on or off still wakes everyone, as in Kopf."""
-    from kopf._cogs.aiokits import aiotoggles  # Kopf's own module; its API is pinned in the lock files
-
-    if getattr(aiotoggles.ToggleSet, "_quiet", False):
-        return
-    probe = aiotoggles.ToggleSet(all)
-    if not all(hasattr(probe, a) for a in ("_condition", "_toggles", "is_on", "make_toggle", "drop_toggles")):
-        # Another Kopf than the pinned one: run as Kopf ships rather than patch what is not there.
-        logging.getLogger(__name__).warning("Kopf's ToggleSet changed; start-up wake-ups left as Kopf has them")
-        return
-
-    async def make_toggle(self: Any, state: bool = False, *, name: str | None = None) -> Any:
-        toggle = aiotoggles.Toggle(state, name=name, condition=self._condition)
-        async with self._condition:
-            before = self.is_on()
-            self._toggles.add(toggle)
-            if self.is_on() != before:
-                self._condition.notify_all()
-        return toggle
-
-    async def drop_toggle(self: Any, toggle: Any) -> None:
-        async with self._condition:
-            before = self.is_on()
-            self._toggles.discard(toggle)
-            if self.is_on() != before:
-                self._condition.notify_all()
-
-    async def drop_toggles(self: Any, toggles: Any) -> None:
-        async with self._condition:
-            before = self.is_on()
-            self._toggles.difference_update(toggles)
-            if self.is_on() != before:
-                self._condition.notify_all()
-
-    aiotoggles.ToggleSet.make_toggle = make_toggle  # type: ignore[method-assign]
-    aiotoggles.ToggleSet.drop_toggle = drop_toggle  # type: ignore[method-assign]
-    aiotoggles.ToggleSet.drop_toggles = drop_toggles  # type: ignore[method-assign]
-    aiotoggles.ToggleSet._quiet = True  # type: ignore[attr-defined]
 
 
 async def master_key(settings: OperatorSettings, secrets: Secrets) -> SecretStr:
@@ -192,7 +143,8 @@ async def operate(settings: OperatorSettings, *, stop_flag: Any = None, ready_fl
                 }
             },
         )
-        quiet_toggle_sets()
+        kopf_patches.quiet_toggle_sets()
+        kopf_patches.lean_bodies()
         drift_sweep.watch(op.activity)
         await kopf.operator(
             registry=build_registry(op),

@@ -77,6 +77,9 @@ class Resources:
         else:
             self._latest[(kind.plural, name)] = pack(obj)
 
+    def known(self, kind: ResourceKind, name: str) -> bool:
+        return (kind.plural, name) in self._latest
+
     def latest(self, kind: ResourceKind, name: str) -> dict[str, Any] | None:
         """The newest object seen of a resource (a copy), None when none is known."""
         packed = self._latest.get((kind.plural, name))

@@ -139,6 +139,7 @@ OPERATOR_LAYERS = {
     "priority": 0,
     "user_reads": 0,
     "drift_sweep": 0,
+    "kopf_patches": 0,
     "metrics": 0,
 }
 

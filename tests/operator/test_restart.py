@@ -99,7 +99,7 @@ async def test_kopf_index_waiters_wake_once_every_object_is_indexed_and_not_befo
     last toggle is dropped, and a peering pause (an ``any`` set) still stops and releases them."""
     from kopf._cogs.aiokits import aiotoggles
 
-    from scim_operator.main import quiet_toggle_sets
+    from scim_operator.kopf_patches import quiet_toggle_sets
 
     quiet_toggle_sets()
     indexed = aiotoggles.ToggleSet(all)
