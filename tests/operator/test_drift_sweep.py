@@ -98,11 +98,16 @@ async def test_a_paused_replica_checks_nothing_and_waits_an_interval_after_resum
     assert checks.seen and min(t for t, _ in checks.seen) >= resumed + 0.2
 
 
-async def test_a_pass_stops_when_the_replica_is_paused_midway() -> None:
+async def _peered(*, paused: bool) -> tuple[Activity, Any]:
+    """An Activity that captured a pause state as Kopf creates it, and the peering toggle in it."""
     activity = Activity()
     drift_sweep.watch(activity)
-    paused = aiotoggles.ToggleSet(any)
-    peering = await paused.make_toggle(False, name="peering")
+    reasons = aiotoggles.ToggleSet(any)
+    return activity, await reasons.make_toggle(paused, name="a higher-priority peer")
+
+
+async def test_a_pass_stops_when_the_replica_is_paused_midway() -> None:
+    activity, peering = await _peered(paused=False)
     checks = _Checks()
     names = [f"u{i:02d}" for i in range(10)]
     task = asyncio.create_task(drift_sweep.sweep(activity, lambda: 0.5, lambda: names, checks, kind="user"))
@@ -258,10 +263,7 @@ async def test_a_resource_due_again_while_its_check_runs_is_checked_after_it_not
 
 
 async def test_a_paused_replica_runs_no_timed_check_until_it_resumes() -> None:
-    activity = Activity()
-    drift_sweep.watch(activity)
-    paused = aiotoggles.ToggleSet(any)
-    peering = await paused.make_toggle(True, name="a higher-priority peer")
+    activity, peering = await _peered(paused=True)
     checks = _Timed()
     table = _timetable(checks, activity)
     table.at("g", time.time() + 0.1)
