@@ -161,10 +161,17 @@ def drift_condition(
     conditions: list[dict[str, Any]] | None, findings: list[str], corrected: bool, in_sync: str,
     generation: int | None,
 ) -> list[dict[str, Any]]:
-    """``Drifted`` after a drift check: False (``InSync``, message ``in_sync``) when nothing was
-    found, False (``Corrected``) when the findings were corrected, else True with the findings."""
+    """``Drifted`` after a drift check: False (``Corrected``) when the findings were corrected, True
+    with the findings when they were not, and False (``InSync``, message ``in_sync``) when nothing
+    was found — unless the last finding was corrected: that stays, being still true and what a
+    reader of ``kubectl describe`` wants to know (the next check a second later would otherwise
+    erase it), until new drift replaces it."""
     text = "; ".join(findings)
     if not findings:
+        previous = next((c for c in conditions or [] if c.get("type") == "Drifted"), None)
+        if previous and previous.get("status") == "False" and previous.get("reason") == "Corrected":
+            return set_condition(conditions, "Drifted", False, "Corrected", str(previous.get("message", "")),
+                                 generation)
         return set_condition(conditions, "Drifted", False, "InSync", in_sync, generation)
     if corrected:
         return set_condition(conditions, "Drifted", False, "Corrected", f"corrected at {now()}: {text}", generation)
