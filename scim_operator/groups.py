@@ -28,6 +28,7 @@ from scim_operator.objects import (
 from scim_operator.policies import Policy
 from scim_operator.resources import emit
 from scim_operator.state import View
+from scim_operator.team_reads import TeamListing
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +96,19 @@ async def _write_team(
 
 
 async def _ensure_team(
-    op: Operator, name: str, spec: ScimGroupSpec, team_id: str, out: Outcome, known: bool
+    op: Operator, name: str, spec: ScimGroupSpec, team_id: str, out: Outcome, known: bool,
+    listing: TeamListing | None = None,
 ) -> dict[str, Any] | None:
-    """The team's current /team/info, or None when it was just created (so it has no members).
+    """The team's current record, or None when it was just created (so it has no members): its
+    row from ``listing`` (a restart's paged listing of the teams) when that serves, else /team/info.
     ``known``: the status says the team was created before; a new group goes straight to create."""
     s = op.settings
     team = out.policy.spec.team if out.policy is not None else None
-    info = await op.litellm.team_info(team_id) if known else None
+    info = None
+    if known and listing is not None and policies.listed_row_suffices(team):
+        info = await listing.take(team_id)
+    if known and info is None:
+        info = await op.litellm.team_info(team_id)
     if info is None:
         try:
             await _write_team(op, op.litellm.team_new, _team_body(op, name, spec, team_id, team, {}), out)
@@ -213,13 +220,14 @@ async def _leave_team(op: Operator, view: View, name: str, old: str, policy: Pol
 
 
 async def apply_group(
-    op: Operator, view: View, name: str, spec: ScimGroupSpec, known: bool = True, previous: str | None = None
+    op: Operator, view: View, name: str, spec: ScimGroupSpec, known: bool = True, previous: str | None = None,
+    listing: TeamListing | None = None,
 ) -> Outcome:
     """``previous``: the team id the group's status names, if any (what a changed id moves away from)."""
     policy = view.policy_of(name, spec.model_dump())
     team_id = team_id_of(op, policy, name, spec)
     out = Outcome(team_id=team_id, members=0, policy=policy)
-    info = await _ensure_team(op, name, spec, team_id, out, known)
+    info = await _ensure_team(op, name, spec, team_id, out, known, listing)
     moved = previous is not None and previous != team_id
     if previous is not None and moved:
         done = await _leave_team(op, view, name, previous, policy)
@@ -271,15 +279,19 @@ async def apply_group(
     return out
 
 
-async def reconcile(op: Operator, view: View, body: Any, retry: int, resumed: bool = False) -> None:
+async def reconcile(
+    op: Operator, view: View, body: Any, retry: int, resumed: bool = False, listing: TeamListing | None = None,
+) -> None:
     """The create/update/resume handler of a ScimGroup. ``resumed``: at operator start, where a team
-    found as the status records it leaves the status alone (one write per group saved)."""
+    found as the status records it leaves the status alone (one write per group saved), and its
+    first attempt reads the team from ``listing``."""
     name = body["metadata"]["name"]
     spec = _spec(body)
     async with op.memory.lock("group", name):
         previous = (body.get("status") or {}).get("litellm", {}).get("teamId")
+        listed = listing if resumed and retry == 0 else None
         try:
-            out = await apply_group(op, view, name, spec, previous is not None, previous)
+            out = await apply_group(op, view, name, spec, previous is not None, previous, listed)
         except (NotOwned, LiteLLMError) as exc:
             await reconcile_failed(op, GROUP, "group", body, exc, retry)
             return
@@ -403,7 +415,10 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
     drift_policy = (policy.spec.driftPolicy if policy else None) or op.settings.drift_policy
     try:
         # A background read before taking the lock: the group's own reconcile never waits behind it.
-        first = await op.litellm.team_info(team_id, background=True)
+        # The team's row when it holds all the comparison reads; a finding is confirmed by /team/info.
+        team = policy.spec.team if policy is not None else None
+        read = op.litellm.team_row if policies.listed_row_suffices(team) else op.litellm.team_info
+        first = await read(team_id, background=True)
     except LiteLLMError as exc:
         await context.drift_check_failed(op, GROUP, name, exc)
         return

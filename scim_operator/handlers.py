@@ -27,8 +27,10 @@ from scim_operator import (
     users,
 )
 from scim_operator.context import Operator, connection_info
+from scim_operator.objects import tagged_for
 from scim_operator.policies import GroupEntry, Policy
 from scim_operator.state import UserEntry, View
+from scim_operator.team_reads import TeamListing
 from scim_operator.user_policies import UserPolicy
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,14 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
     async def key_check(name: str) -> float | None:
         body = op.resources.latest(GROUP, name)
         return None if body is None else await group_keys.key_tick(op, view(startup), name, body)
+
+    # A restart's groups read their teams from one paged listing (``team_reads``).
+    listing = TeamListing(
+        op.litellm.team_page,
+        keep=lambda row: tagged_for(row.get("metadata"), op.settings.owner_tag, op.namespace),
+        groups=lambda: len(startup.get("group_index") or ()),
+        max_age=lambda: float(op.settings.drift_interval),
+    )
 
     key_times = drift_sweep.Timetable(op.activity, key_check, exists=lambda name: op.resources.known(GROUP, name),
                                       idle=op.jittered_drift_interval, kind="group keys")
@@ -95,6 +105,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         for task in sweeps:
             task.cancel()
         await asyncio.gather(*sweeps, return_exceptions=True)
+        await listing.close()
 
     # ---- indexes: the desired memberships, kept by Kopf from the watch streams -------------------
     # Coroutines, not plain functions: Kopf runs a plain function in a thread pool, a hop per event
@@ -153,7 +164,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
     @kopf.on.resume(API_GROUP, VERSION, GROUP.plural, id="group-resume", registry=registry)
     async def group_resumed(body: kopf.Body, name: str, retry: int, **kw: Any) -> None:
         key_times.at(name, time.time() + 1.0)  # after this reconcile: rotations and overlaps due meanwhile
-        await groups.reconcile(op, view(kw), body, retry, resumed=True)
+        await groups.reconcile(op, view(kw), body, retry, resumed=True, listing=listing)
 
     @kopf.on.create(API_GROUP, VERSION, GROUP.plural, id="group-create", registry=registry)
     @kopf.on.update(API_GROUP, VERSION, GROUP.plural, id="group-update", field="spec", registry=registry)

@@ -22,6 +22,7 @@ from pydantic import SecretStr
 
 from scim_operator import metrics
 from scim_operator.priority import PrioritySlots
+from scim_operator.team_reads import PAGE as TEAM_PAGE
 from scim_operator.user_reads import UserReads
 
 log = logging.getLogger(__name__)
@@ -294,6 +295,29 @@ class LiteLLM:
             return None
         info = data.get("team_info") if isinstance(data, dict) else None
         return info if isinstance(info, dict) else None
+
+    async def team_page(self, page: int) -> tuple[list[dict[str, Any]], int]:
+        """(teams, how many teams LiteLLM holds) of one ``/v2/team/list`` page of 100, in team_id
+        order. Each row is the team's record as ``/team/info`` gives it, without the tables joined
+        to it (the member budget, the object permissions)."""
+        data = await self.call("GET", "/v2/team/list", params={
+            "page": str(page), "page_size": str(TEAM_PAGE), "sort_by": "team_id", "sort_order": "asc"})
+        rows = data.get("teams") if isinstance(data, dict) else None
+        total = data.get("total") if isinstance(data, dict) else None
+        if not isinstance(rows, list) or not isinstance(total, int):
+            raise LiteLLMError(200, "unexpected /v2/team/list answer", endpoint="/v2/team/list")
+        return [row for row in rows if isinstance(row, dict)], total
+
+    async def team_row(self, team_id: str, *, background: bool = False) -> dict[str, Any] | None:
+        """The team's row as :meth:`team_page` lists it, or None when LiteLLM has no such team. Unlike
+        ``/team/info`` it does not read the team's memberships and keys from their tables, which
+        took LiteLLM 0.4-0.8 s per call at 100,000 users."""
+        data = await self.call("GET", "/v2/team/list", params={"team_id": team_id, "page_size": "1"},
+                               background=background)
+        rows = data.get("teams") if isinstance(data, dict) else None
+        if not isinstance(rows, list):
+            raise LiteLLMError(200, "unexpected /v2/team/list answer", endpoint="/v2/team/list")
+        return next((r for r in rows if isinstance(r, dict) and r.get("team_id") == team_id), None)
 
     async def team_new(self, body: dict[str, Any]) -> None:
         await self.call("POST", "/team/new", body=body)

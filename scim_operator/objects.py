@@ -49,6 +49,12 @@ def ownership(metadata: Any, tag: str, namespace: str, name: str) -> str:
     return "owned" if value == owner_value(namespace, name) else "foreign"
 
 
+def tagged_for(metadata: Any, tag: str, namespace: str) -> bool:
+    """The ownership tag names a resource of ``namespace``."""
+    value = metadata.get(tag) if isinstance(metadata, dict) else None
+    return isinstance(value, str) and value.startswith(owner_value(namespace, ""))
+
+
 def merged_metadata(current: Any, tag: str, namespace: str, name: str) -> dict[str, Any]:
     """LiteLLM replaces ``metadata`` on update: keep every other key, set ours."""
     base = dict(current) if isinstance(current, dict) else {}

@@ -169,22 +169,35 @@ def team_fields(team: TeamSettings | None) -> dict[str, Any]:
     return litellm_fields(team, _TEAM_FIELDS)
 
 
-def _member_budget(info: Mapping[str, Any], key: str) -> Any:
-    # LiteLLM keeps the member budget in a budget row, shown as team_member_budget_table.
-    table = info.get("team_member_budget_table")
-    return table.get(key) if isinstance(table, dict) else None
+def _source(litellm_field: str) -> str:
+    """The key of a team record ``_current`` reads a setting from."""
+    if litellm_field in ("team_member_budget", "team_member_budget_duration"):
+        return "team_member_budget_table"
+    if litellm_field in ("tags", "guardrails"):
+        return "metadata"
+    return litellm_field
 
 
 def _current(info: Mapping[str, Any], litellm_field: str) -> Any:
+    held = info.get(_source(litellm_field))
     if litellm_field == "team_member_budget":
-        return _member_budget(info, "max_budget")
+        # LiteLLM keeps the member budget in a budget row, shown as team_member_budget_table.
+        return held.get("max_budget") if isinstance(held, dict) else None
     if litellm_field == "team_member_budget_duration":
-        return _member_budget(info, "budget_duration")
+        return held.get("budget_duration") if isinstance(held, dict) else None
     if litellm_field in ("tags", "guardrails"):
         # LiteLLM stores these two in the team's metadata.
-        metadata = info.get("metadata")
-        return metadata.get(litellm_field) if isinstance(metadata, dict) else None
-    return info.get(litellm_field)
+        return held.get(litellm_field) if isinstance(held, dict) else None
+    return held
+
+
+# What /team/info joins to a team's row, and a listed row (/v2/team/list) lacks or holds as null.
+_JOINED = frozenset({"team_member_budget_table", "object_permission"})
+
+
+def listed_row_suffices(team: TeamSettings | None) -> bool:
+    """Whether a team row from ``/v2/team/list`` holds all a comparison with ``team`` reads."""
+    return not any(_source(f) in _JOINED for f in team_fields(team))
 
 
 def same_setting(want: Any, have: Any) -> bool:

@@ -138,6 +138,7 @@ OPERATOR_LAYERS = {
     "key_secrets": 0,
     "priority": 0,
     "user_reads": 0,
+    "team_reads": 0,
     "drift_sweep": 0,
     "kopf_patches": 0,
     "metrics": 0,

@@ -12,8 +12,18 @@ import pytest
 from pydantic import SecretStr
 
 from litellm_scim import peers
+from scim_contract import TeamSettings
+from scim_contract.models import ObjectPermission
 from scim_operator.litellm_api import LiteLLM, LiteLLMError, parse_error
-from scim_operator.objects import membership_differences, merged_metadata, ownership, set_condition
+from scim_operator.objects import (
+    membership_differences,
+    merged_metadata,
+    ownership,
+    set_condition,
+    tagged_for,
+    team_members,
+)
+from scim_operator.policies import listed_row_suffices, team_differences, team_fields
 
 
 @pytest.mark.parametrize(
@@ -187,3 +197,46 @@ async def test_members_chosen_by_a_function_are_read_when_the_call_gets_its_slot
     assert await api.team_delete(team) is True
     for uid in uids:
         await api.user_delete(uid)
+
+
+@pytest.mark.litellm
+async def test_a_listed_team_row_compares_like_team_info_except_the_joined_tables(api: LiteLLM) -> None:
+    """What lets a restart read its teams in pages (``team_reads``) and a drift check read one row:
+    a row of ``/v2/team/list`` gives the same comparison as ``/team/info`` for every setting except
+    the two joined tables, for which ``listed_row_suffices`` sends the group to ``/team/info``."""
+    uid = f"api-{uuid.uuid4().hex[:8]}"
+    team = f"team-{uid}"
+    plain = TeamSettings(models=["gpt-4o"], maxBudget=5, budgetDuration="30d", tpmLimit=100, rpmLimit=10,
+                         blocked=False, metadata={"cost-center": "42"})
+    joined = plain.model_copy(update={"maxBudgetPerMember": 2.0, "memberBudgetDuration": "7d",
+                                      "objectPermission": ObjectPermission(vectorStores=["docs-vs"])})
+    await api.user_new({"user_id": uid})
+    await api.team_new({"team_id": team, "team_alias": "Listed", **team_fields(joined),
+                        "metadata": merged_metadata(joined.metadata, "owner", "ns", "g")})
+    await api.member_add(team, [uid])
+    info = await api.team_info(team)
+    assert info is not None and team_differences(joined, info) == []
+
+    row, number = None, 1
+    while row is None:
+        rows, total = await api.team_page(number)
+        assert rows or number > 1, "the first page is empty though a team exists"
+        ids = [r["team_id"] for r in rows]
+        assert ids == sorted(ids)  # team_id order: pages line up with the groups' names
+        row = next((r for r in rows if r["team_id"] == team), None)
+        assert row is not None or number * 100 < total, f"{team} not listed"
+        number += 1
+    assert tagged_for(row["metadata"], "owner", "ns") and not tagged_for(row["metadata"], "owner", "n")
+    assert (row["team_alias"], row["metadata"]) == (info["team_alias"], info["metadata"])
+    assert team_members(row) == team_members(info) == {uid: uid}
+    assert [(m["user_id"], m["role"]) for m in row["members_with_roles"]] == [(uid, "user")]
+    assert listed_row_suffices(plain) and team_differences(plain, row) == []
+    # One team's row alone, as a group's drift check reads it.
+    alone = await api.team_row(team)
+    assert alone is not None and team_members(alone) == team_members(info)
+    assert (alone["team_alias"], alone["metadata"]) == (info["team_alias"], info["metadata"])
+    assert team_differences(plain, alone) == [] and await api.team_row(f"missing-{uid}") is None
+    # The joined tables are missing from the row: compared with it, they would look changed.
+    assert not listed_row_suffices(joined) and team_differences(joined, row) != []
+    assert await api.team_delete(team) is True
+    await api.user_delete(uid)

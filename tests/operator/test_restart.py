@@ -14,7 +14,7 @@ import scim_contract as c
 pytestmark = [pytest.mark.litellm, pytest.mark.slow]
 
 CALLS = "litellm_scim_operator_litellm_calls_total"
-READS = {"/user/info", "/team/info", "/key/list"}
+READS = {"/user/info", "/team/info", "/key/list", "/v2/team/list"}
 
 
 def calls(operator: OperatorProcess) -> dict[str, int]:
@@ -41,24 +41,29 @@ async def test_restart_on_converged_resources_makes_no_litellm_write_and_one_rea
     start_operator: Callable[..., OperatorProcess], kube_rw: Kube, admin: Admin, ids: Callable[[str], str],
 ) -> None:
     users = [ids(f"r{i:02d}") for i in range(30)]
-    groups = [ids(f"rg{j}") for j in range(3)]
+    # As many groups as a restart lists the teams for (team_reads.MIN_GROUPS), 3 members each.
+    groups = [ids(f"rg{j}") for j in range(10)]
     for name in users:
         await kube_rw.create(c.USER, name, {"userName": f"{name}@example.com", "displayName": name.upper()})
     await kube_rw.patch_spec(c.USER, users[0], {"active": False})
     for j, group in enumerate(groups):
         await kube_rw.create(c.GROUP, group, {"displayName": f"Restart {j}"})
-        await kube_rw.set_members(group, users[j * 10:(j + 1) * 10])
+        await kube_rw.set_members(group, users[j * 3:(j + 1) * 3])
 
     first = start_operator(drift_interval="600")
     await eventually(lambda: _all_synced(kube_rw, c.USER, users), within=120, what="users synced")
     for j, group in enumerate(groups):
-        want = sorted(users[j * 10:(j + 1) * 10])
+        want = sorted(users[j * 3:(j + 1) * 3])
         await eventually(lambda g=group, w=want: _members(admin, g, w), within=60,  # type: ignore[misc]
                          what=f"{group} members")
     await eventually(lambda: _all_synced(kube_rw, c.GROUP, groups), within=60, what="groups synced")
     first.stop()
     before = {n: (await kube_rw.get(c.USER, n) or {})["metadata"]["resourceVersion"] for n in users}
     groups_before = {g: (await kube_rw.get(c.GROUP, g) or {})["metadata"]["resourceVersion"] for g in groups}
+
+    status, page = await admin.get("/v2/team/list", page="1", page_size="1")
+    assert status == 200, page
+    listed = page["total"] <= 100 * len(groups)  # else listing would cost more calls than it saves
 
     second = start_operator(drift_interval="600")
 
@@ -69,7 +74,9 @@ async def test_restart_on_converged_resources_makes_no_litellm_write_and_one_rea
     await eventually(groups_resumed, within=60, what="every group resumed")
     made = calls(second)
     assert {e for e in made if e not in READS} == set(), f"a restart on converged resources wrote: {made}"
-    assert made.get("/team/info", 0) <= len(groups), made
+    assert made.get("/team/info", 0) + made.get("/v2/team/list", 0) <= len(groups) + 1, made
+    if listed:  # every team came from pages of 100 (team_reads), none from a read of its own
+        assert made.get("/team/info", 0) == 0 and made["/v2/team/list"] == -(-page["total"] // 100), made
     assert made.get("/user/info", 0) == 0, made
     # Nothing to record either: no status was rewritten.
     after = {n: (await kube_rw.get(c.USER, n) or {})["metadata"]["resourceVersion"] for n in users}
