@@ -36,6 +36,7 @@ import asyncio
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -163,8 +164,11 @@ class Converged:
         return {**users._status_ok({}, obj, out, self.view, name), **handled}
 
     def group(self, obj: dict[str, Any]) -> dict[str, Any]:
+        # With its handled spec recorded, as the operator leaves it: Kopf resumes the group on a
+        # restart (without, it would run the creation handler instead).
         name = obj["metadata"]["name"]
-        return membership.status_ok({}, obj, name, self.view, name)
+        handled = self.diffbase.handled(kopf.Body(cast(kopf.RawBody, obj)))
+        return {**membership.status_ok({}, obj, name, self.view, name), **handled}
 
 
 async def seed_resources(api: client.ApiClient, ns: str, raw: dict[str, dict[str, Any]],
@@ -239,29 +243,35 @@ def calls_by_endpoint(text: str) -> dict[str, int]:
 
 
 async def until_idle(operator: OperatorProcess, started: float, quiet: float = 15.0,
-                     limit: float = 1800.0) -> dict[str, Any]:
-    """Seconds from start until the last LiteLLM call or busy second before ``quiet`` idle seconds."""
+                     limit: float = 1800.0, groups: int = 0) -> dict[str, Any]:
+    """Seconds from start until the last LiteLLM call or busy second before ``quiet`` idle seconds,
+    and until ``groups`` group reconciles were counted (every group resumed)."""
     assert operator.proc is not None
     pid = operator.proc.pid
     last_busy = time.monotonic()
     calls: dict[str, int] = {}
     cpu = cpu_seconds(pid)
     peak = 0.0
+    resumed: float | None = None
     while time.monotonic() - last_busy < quiet and time.monotonic() - started < limit:
         await asyncio.sleep(1.0)
         now_cpu = cpu_seconds(pid)
         try:
-            now_calls = calls_by_endpoint(await asyncio.to_thread(operator.metrics))
+            text = await asyncio.to_thread(operator.metrics)
         except OSError:  # metrics not answered within 5 s: the process is busy, not idle
             last_busy = time.monotonic()
             continue
+        now_calls = calls_by_endpoint(text)
+        if resumed is None and metric_sum(text, RECONCILES, kind="group") >= groups:
+            resumed = time.monotonic() - started
         peak = max(peak, rss_mib(pid))
         if now_calls != calls or now_cpu - cpu > 0.05:
             last_busy = time.monotonic()
         calls, cpu = now_calls, now_cpu
     return {"seconds_to_idle": round(last_busy - started, 1), "calls": calls, "rss_mib_peak": round(peak, 1),
             "rss_mib_idle": round(rss_mib(pid), 1), "cpu_seconds": round(cpu, 1),
-            "idle": time.monotonic() - last_busy >= quiet}
+            "idle": time.monotonic() - last_busy >= quiet,
+            "groups_resumed_seconds": None if resumed is None else round(resumed, 1)}
 
 
 async def burst(api: client.ApiClient, ns: str, proxy: peers.LiteLLM, people: list[str], uids: dict[str, str],
@@ -308,6 +318,28 @@ async def burst(api: client.ApiClient, ns: str, proxy: peers.LiteLLM, people: li
             "seconds": round(time.perf_counter() - t0, 2), "applied": done}
 
 
+async def team_read_seconds(proxy: peers.LiteLLM, team_ids: list[str], teams: int) -> dict[str, Any]:
+    """Median seconds of one team read, one call at a time, three ways: ``/team/info`` (which also
+    reads the team's memberships and keys), ``/v2/team/list?team_id=`` (the team's row alone) and
+    a ``/v2/team/list`` page of 100 rows, the restart's listing."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {proxy.master_key}"}) as http:
+        async def timed(path: str, params: dict[str, str]) -> float:
+            t0 = time.perf_counter()
+            async with http.get(proxy.url + path, params=params) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"{path}: {resp.status}")
+            return time.perf_counter() - t0
+
+        info = [await timed("/team/info", {"team_id": t}) for t in team_ids]
+        row = [await timed("/v2/team/list", {"team_id": t}) for t in team_ids]
+        pages = max(1, -(-teams // 100))
+        page = [await timed("/v2/team/list", {"page": str(i % pages + 1), "page_size": "100", "sort_by": "team_id"})
+                for i in range(len(team_ids))]
+    return {"calls_each": len(team_ids), "team_info": round(statistics.median(info), 4),
+            "team_list_one": round(statistics.median(row), 4), "team_list_page_100": round(statistics.median(page), 4)}
+
+
 async def floor_of_burst(proxy: peers.LiteLLM, size: int, concurrency: int) -> dict[str, Any]:
     """The same number of one-member ``/team/member_add`` calls made directly (bench/litellm_floor)."""
     direct = litellm_floor.Direct(proxy.url, proxy.master_key)
@@ -347,6 +379,8 @@ async def run(args: argparse.Namespace, n_users: int, n_groups: int) -> dict[str
             print(f"seeded LiteLLM in {litellm_seconds:.0f} s", flush=True)
             k8s_seconds, uids, contents = await seed_resources(api, ns, raw, teams)
             print(f"seeded resources in {k8s_seconds:.0f} s", flush=True)
+            result["team_read_seconds"] = await team_read_seconds(proxy, rng.sample(gids, min(20, n_groups)), n_groups)
+            print(f"team reads: {result['team_read_seconds']}", flush=True)
             result["seeding"] = {"litellm_seconds": round(litellm_seconds, 1), "resources_seconds": round(k8s_seconds)}
 
             operator = OperatorProcess(
@@ -356,7 +390,7 @@ async def run(args: argparse.Namespace, n_users: int, n_groups: int) -> dict[str
                        "litellm-timeout": "60", "log-level": "warning"})
             started = time.monotonic()
             operator.start(timeout=300)
-            restart = await until_idle(operator, started, limit=args.idle_limit)
+            restart = await until_idle(operator, started, limit=args.idle_limit, groups=n_groups)
             calls = restart["calls"]
             restart["reads"] = sum(n for ep, n in calls.items() if ep in READS)
             restart["writes"] = sum(n for ep, n in calls.items() if ep not in READS)
@@ -394,6 +428,10 @@ def table(r: dict[str, Any]) -> str:
     rows = [
         ("operator RSS idle / peak", f"{rs['rss_mib_idle']} / {rs['rss_mib_peak']} MiB"),
         ("restart to idle", f"{rs['seconds_to_idle']} s ({rs['cpu_seconds']} CPU s)"),
+        ("every group resumed after", f"{rs.get('groups_resumed_seconds')} s"),
+        ("one team read: /team/info, listed row, page of 100",
+         " / ".join(f"{r.get(k)} s" for r in [r.get("team_read_seconds", {})]
+                    for k in ("team_info", "team_list_one", "team_list_page_100"))),
         ("LiteLLM calls on restart", f"{rs['reads']} reads, {rs['writes']} writes: {rs['calls']}"),
     ]
     if "burst" in r:
