@@ -29,6 +29,8 @@ async def sync_keys(op: Operator, view: View, group: str, only: set[str] | None)
         return
     policy = view.policy_of(group)
     async with op.memory.lock("group", group):
+        if op.memory.teams.ids.get(group) != team_id or group in op.memory.teams.deleting:
+            return  # deleted (or moved to another team) while this waited: issue nothing
         events = await keys.sync_group(op, view, group, team_id, policy, only=only)
         target = await op.resources.update_status(
             GROUP,

@@ -288,6 +288,8 @@ async def reconcile(
     name = body["metadata"]["name"]
     spec = _spec(body)
     async with op.memory.lock("group", name):
+        if name in op.memory.teams.deleting:
+            return  # waited for the lock while the group's deletion ran: recreate nothing
         previous = (body.get("status") or {}).get("litellm", {}).get("teamId")
         listed = listing if resumed and retry == 0 else None
         try:
@@ -316,15 +318,18 @@ async def reconcile(
 async def delete(op: Operator, view: View, body: Any, retry: int) -> None:
     name = body["metadata"]["name"]
     team_id = (body.get("status") or {}).get("litellm", {}).get("teamId")
+    op.memory.teams.deleting.add(name)
     op.memory.teams.ids.pop(name, None)
     op.memory.members.in_team.pop(name, None)
     spec = dict(body.get("spec") or {})
     policy = view.policy_of(name, spec)
-    try:
-        # The group is gone: so are the keys it gave out, whatever happens to the team.
-        left = await keys.revoke_group(op, name, body, policy)
-    except LiteLLMError as exc:
-        raise retry_later(exc, retry) from None
+    # The group is gone: so are the keys it gave out, whatever happens to the team. Under the lock,
+    # so a key another task issued for the group while holding it is in LiteLLM and revoked too.
+    async with op.memory.lock("group", name):
+        try:
+            left = await keys.revoke_group(op, name, body, policy)
+        except LiteLLMError as exc:
+            raise retry_later(exc, retry) from None
     for problem in left:
         # Not worth holding the group for: the keys in these Secrets are deleted in LiteLLM already.
         emit(body, problem.reason, f"key Secrets not removed, their keys are deleted in LiteLLM: {problem}",

@@ -143,7 +143,10 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
     @kopf.on.event(API_GROUP, VERSION, GROUP.plural, id="group-seen", registry=registry)
     async def group_seen(event: kopf.RawEvent, name: str, **_: Any) -> None:
         op.activity.remember_handler_context()
-        op.resources.seen(GROUP, name, None if event.get("type") == "DELETED" else dict(event["object"]))
+        gone = event.get("type") == "DELETED"
+        if gone:
+            op.memory.teams.deleting.discard(name)
+        op.resources.seen(GROUP, name, None if gone else dict(event["object"]))
 
     # ---- ScimUser ----------------------------------------------------------------------------
     @kopf.on.resume(API_GROUP, VERSION, USER.plural, id="user-resume", registry=registry)

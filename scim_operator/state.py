@@ -89,6 +89,9 @@ class TeamState:
     # name (or ``role``, for member roles) -> LiteLLM's answer. Shown as Synced=False and left out
     # of drift checks (retried at the group's next reconcile, not at every drift check).
     refused: dict[str, dict[str, str]] = field(default_factory=dict)
+    # ScimGroups being deleted, until the API server reports them gone: whatever waited for such a
+    # group's lock (a policy's re-reconcile, a key check, a user's keys) does nothing once it has it.
+    deleting: set[str] = field(default_factory=set)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import pytest
@@ -81,3 +82,41 @@ async def test_scheduled_rotation_and_pending_deletion_survive_a_restart(
     assert await admin.models_status(second) in (200, 401)  # may itself be rotated and retired by now
     latest = (await secret_data(kube_rw, secret_name) or {})["api-key"]
     assert await admin.models_status(latest) == 200
+
+
+async def test_a_group_deleted_while_its_key_rotates_every_second_leaves_no_working_key(
+    start_operator: Callable[..., OperatorProcess], kube_rw: Kube, admin: Admin, ids: Callable[[str], str],
+    namespace: str,
+) -> None:
+    """Deleting a group whose key rotates every second, with its policy edited at the same moment:
+    afterwards no key of it works, none is left in LiteLLM, the team and the Secret are gone. (The
+    narrower race, work already waiting for the group's lock when the deletion starts, is closed by
+    construction in ``groups.delete``/``reconcile`` and ``group_keys.sync_keys``; from outside it is
+    too short to hit reliably.)"""
+    start_operator(drift_interval="600")
+    group = ids("churn")
+    spec = {"selector": {"displayNamePattern": "churn*"},
+            "keys": {"perTeam": {"enabled": True, "rotation": {"every": "1s", "overlap": "1s"}}}}
+    await put_policy(kube_rw, "churn", spec)
+    await kube_rw.create(c.GROUP, group, {"displayName": f"Churn {namespace}"})
+    secret_name = f"litellm-team-key-{group}"
+    seen = [(await eventually(lambda: secret_data(kube_rw, secret_name), what="team key"))["api-key"]]
+    for _ in range(2):  # rotating: the timetable runs the group's key check every second
+        seen.append(await eventually(key_other_than(kube_rw, secret_name, seen[-1]), within=15, what="rotation"))
+
+    await kube_rw.delete(c.GROUP, group)
+    # The policy changes at the same moment: its re-reconcile of the group races the deletion.
+    await put_policy(kube_rw, "churn", {**spec, "team": {"maxBudget": 3}})
+    await eventually(lambda: _gone(kube_rw, group), within=30, what="group deleted")
+    await asyncio.sleep(3)  # what waited for the group's lock has run by now
+
+    assert await admin.team(group) is None, "the deleted group's team came back"
+    status, listed = await admin.get("/key/list", team_id=group, return_full_object="true")
+    assert status == 200 and listed.get("keys") == [], listed
+    for key in seen:
+        assert await admin.models_status(key) == 401
+    assert await secret_data(kube_rw, secret_name) is None
+
+
+async def _gone(kube: Kube, group: str) -> bool:
+    return await kube.get(c.GROUP, group) is None
