@@ -300,24 +300,23 @@ class LiteLLM:
         """(teams, how many teams LiteLLM holds) of one ``/v2/team/list`` page of 100, in team_id
         order. Each row is the team's record as ``/team/info`` gives it, without the tables joined
         to it (the member budget, the object permissions)."""
-        data = await self.call("GET", "/v2/team/list", params={
-            "page": str(page), "page_size": str(TEAM_PAGE), "sort_by": "team_id", "sort_order": "asc"})
-        rows = data.get("teams") if isinstance(data, dict) else None
-        total = data.get("total") if isinstance(data, dict) else None
-        if not isinstance(rows, list) or not isinstance(total, int):
-            raise LiteLLMError(200, "unexpected /v2/team/list answer", endpoint="/v2/team/list")
-        return [row for row in rows if isinstance(row, dict)], total
+        return await self._team_list({"page": str(page), "page_size": str(TEAM_PAGE), "sort_by": "team_id",
+                                      "sort_order": "asc"})
 
     async def team_row(self, team_id: str, *, background: bool = False) -> dict[str, Any] | None:
         """The team's row as :meth:`team_page` lists it, or None when LiteLLM has no such team. Unlike
         ``/team/info`` it does not read the team's memberships and keys from their tables, which
         took LiteLLM 0.4-0.8 s per call at 100,000 users."""
-        data = await self.call("GET", "/v2/team/list", params={"team_id": team_id, "page_size": "1"},
-                               background=background)
+        rows, _ = await self._team_list({"team_id": team_id, "page_size": "1"}, background=background)
+        return next((r for r in rows if r.get("team_id") == team_id), None)
+
+    async def _team_list(self, params: dict[str, str], *, background: bool = False) -> tuple[list[dict[str, Any]], int]:
+        data = await self.call("GET", "/v2/team/list", params=params, background=background)
         rows = data.get("teams") if isinstance(data, dict) else None
-        if not isinstance(rows, list):
+        total = data.get("total") if isinstance(data, dict) else None
+        if not isinstance(rows, list) or not isinstance(total, int):
             raise LiteLLMError(200, "unexpected /v2/team/list answer", endpoint="/v2/team/list")
-        return next((r for r in rows if isinstance(r, dict) and r.get("team_id") == team_id), None)
+        return [row for row in rows if isinstance(row, dict)], total
 
     async def team_new(self, body: dict[str, Any]) -> None:
         await self.call("POST", "/team/new", body=body)

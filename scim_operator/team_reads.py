@@ -15,8 +15,8 @@ What keeps a listed row as good as a read of its own:
 - it is never older than ``max_age`` (the drift interval): an older listing is dropped, and the
   next resume that asks starts a new one;
 - a team missing from the listing is read directly (pages shift while teams are created, so a
-  missing row proves nothing), as is any team whose comparison needs a field the row lacks
-  (``needs`` of the caller);
+  missing row proves nothing), as is any team whose comparison needs a field rows lack (the caller
+  asks ``policies.listed_row_suffices`` first);
 - only rows tagged for this namespace are kept, and the listing is not made when it would take more
   calls than reading each group's team (LiteLLM holding more than 100 teams per group of the
   namespace), nor for fewer than ``MIN_GROUPS`` groups."""
