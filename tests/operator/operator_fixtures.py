@@ -51,9 +51,22 @@ def start_operator(
         started.append(proc)
         return proc.start()
 
+    start.started = started  # type: ignore[attr-defined]  # read by pytest_runtest_makereport
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed test that ran operators reports the tail of each operator's log: an intermittent
+    failure in CI is then readable from its report alone."""
+    report = yield
+    start = getattr(item, "funcargs", {}).get("start_operator")
+    if report.failed and start is not None:
+        for proc in getattr(start, "started", ()):
+            report.sections.append((f"operator log {proc.log_path.name} (last 60 lines)", proc.log_tail(60)))
+    return report
 
 
 @pytest.fixture
