@@ -36,6 +36,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -81,7 +82,7 @@ from operator_helpers import OperatorProcess, metric_sum  # noqa: E402
 
 CALLS = "litellm_scim_operator_litellm_calls_total"
 RECONCILES = "litellm_scim_operator_reconciles_total"
-READS = ("/user/info", "/team/info", "/key/list", "/user/list", "/v2/team/list")
+READS = ("/user/info", "/team/info", "/key/list", "/user/list", "/v2/team/list", "/v2/team/list?team_id")
 TAG = OperatorSettings.model_fields["owner_tag"].default
 PGPORT = os.environ.get("LITELLM_PEER_PGPORT", "55432")
 
@@ -318,6 +319,16 @@ async def burst(api: client.ApiClient, ns: str, proxy: peers.LiteLLM, people: li
             "seconds": round(time.perf_counter() - t0, 2), "applied": done}
 
 
+def memory_report(proc: subprocess.Popen[bytes], path: Path) -> dict[str, Any]:
+    """The live Python memory of the idle operator by owner (``memory_site/sitecustomize.py``)."""
+    proc.send_signal(signal.SIGUSR2)
+    for _ in range(600):
+        if path.exists():
+            return cast(dict[str, Any], json.loads(path.read_text()))
+        time.sleep(1)  # nothing else of the run goes on meanwhile
+    raise RuntimeError("no memory report within 600 s")
+
+
 async def team_read_seconds(proxy: peers.LiteLLM, team_ids: list[str], teams: int) -> dict[str, Any]:
     """Median seconds of one team read, one call at a time, three ways: ``/team/info`` (which also
     reads the team's memberships and keys), ``/v2/team/list?team_id=`` (the team's row alone) and
@@ -389,6 +400,12 @@ async def run(args: argparse.Namespace, n_users: int, n_groups: int) -> dict[str
                 log_path=state / "operator.log",
                 extra={"drift-interval": str(args.drift_interval), "litellm-concurrency": str(args.concurrency),
                        "litellm-timeout": "60", "log-level": "warning"})
+            report = state / "memory.json"
+            if args.memory_profile:
+                os.environ["PYTHONPATH"] = os.pathsep.join(
+                    [str(Path(__file__).parent / "memory_site"), os.environ.get("PYTHONPATH", "")])
+                os.environ["SCIM_BENCH_MEMORY_REPORT"] = str(report)
+                result["memory_profile"] = True  # traced: the timings of this run mean nothing
             started = time.monotonic()
             operator.start(timeout=300)
             restart = await until_idle(operator, started, limit=args.idle_limit, groups=n_groups)
@@ -398,6 +415,9 @@ async def run(args: argparse.Namespace, n_users: int, n_groups: int) -> dict[str
             restart["reconciles"] = int(metric_sum(operator.metrics(), RECONCILES))
             result["restart"] = restart
             print(f"restart: {restart}", flush=True)
+            if args.memory_profile and operator.proc is not None:
+                result["memory"] = memory_report(operator.proc, report)
+                print(json.dumps(result["memory"], indent=1), flush=True)
 
             if args.burst and restart["idle"]:
                 # Drift timers first fire 0.8-1.2 drift intervals after the start: from then on every
@@ -460,6 +480,9 @@ def cli() -> int:
     parser.add_argument("--idle-limit", type=float, default=1800.0,
                         help="seconds to wait for the restarted operator to become idle")
     parser.add_argument("--label", default="", help="suffix of the result file")
+    parser.add_argument("--memory-profile", action="store_true",
+                        help="trace the operator's allocations and report its live memory by owner once "
+                             "idle (much slower: this run's timings mean nothing)")
     args = parser.parse_args()
     each_size(args, run, table, "operator_scale", args.label)
     return 0

@@ -23,7 +23,7 @@ import heapq
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,12 @@ async def sweep(
     *,
     kind: str,
     parallel: int = PARALLEL,
+    walk: Callable[[list[str]], AsyncGenerator[str, None]] | None = None,
 ) -> None:
     """Forever: one pass over ``names()`` per ``interval()``, the first a whole interval after the
-    start (a restart converges first; the resume handlers compared what matters)."""
+    start (a restart converges first; the resume handlers compared what matters). A pass goes in
+    name order, or in the order ``walk(names)`` gives (each name once: the group checks follow
+    LiteLLM's pages of teams)."""
     loop = asyncio.get_running_loop()
     bound = asyncio.Semaphore(parallel)
     running: set[asyncio.Task[None]] = set()
@@ -124,24 +127,35 @@ async def sweep(
             todo = sorted(names())
             start = loop.time()
             step = period / max(1, len(todo))
-            for i, name in enumerate(todo):
-                wait = start + i * step - loop.time()
-                if wait > 0.005:
-                    await asyncio.sleep(wait)
-                if not activity.active():
-                    break
-                await bound.acquire()
-                context = activity.handler_context
-                task = asyncio.create_task(one(name), name=f"drift {kind} {name}",
-                                           context=None if context is None else context.copy())
-                running.add(task)
-                task.add_done_callback(running.discard)
+            order = walk(todo) if walk is not None else _each(todo)
+            try:
+                i = 0
+                async for name in order:
+                    wait = start + i * step - loop.time()
+                    i += 1
+                    if wait > 0.005:
+                        await asyncio.sleep(wait)
+                    if not activity.active():
+                        break
+                    await bound.acquire()
+                    context = activity.handler_context
+                    task = asyncio.create_task(one(name), name=f"drift {kind} {name}",
+                                               context=None if context is None else context.copy())
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+            finally:
+                await order.aclose()
             due = max(start + period, loop.time())
     finally:
         for task in list(running):
             task.cancel()
         if running:
             await asyncio.gather(*running, return_exceptions=True)
+
+
+async def _each(names: list[str]) -> AsyncGenerator[str, None]:
+    for name in names:
+        yield name
 
 
 class Timetable:

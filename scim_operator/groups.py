@@ -406,10 +406,14 @@ def _team_findings(
     return findings
 
 
-async def check_drift(op: Operator, view: View, body: Any) -> None:
-    """The drift check of a ScimGroup (from the sweep)."""
+async def check_drift(
+    op: Operator, view: View, body: Any, listed: Callable[[str], dict[str, Any] | None] | None = None
+) -> None:
+    """The drift check of a ScimGroup (from the sweep); ``listed(team_id)``: the team's row from the
+    sweep's page of teams, if it has one."""
     name = body["metadata"]["name"]
     team_id = (body.get("status") or {}).get("litellm", {}).get("teamId")
+    row = listed(team_id) if listed is not None and team_id else None
     if not team_id or name not in op.memory.teams.ids:
         return
     try:
@@ -422,8 +426,10 @@ async def check_drift(op: Operator, view: View, body: Any) -> None:
         # A background read before taking the lock: the group's own reconcile never waits behind it.
         # The team's row when it holds all the comparison reads; a finding is confirmed by /team/info.
         team = policy.spec.team if policy is not None else None
-        read = op.litellm.team_row if policies.listed_row_suffices(team) else op.litellm.team_info
-        first = await read(team_id, background=True)
+        if policies.listed_row_suffices(team):
+            first = row if row is not None else await op.litellm.team_row(team_id, background=True)
+        else:
+            first = await op.litellm.team_info(team_id, background=True)
     except LiteLLMError as exc:
         await context.drift_check_failed(op, GROUP, name, exc)
         return

@@ -30,7 +30,7 @@ from scim_operator.context import Operator, connection_info
 from scim_operator.objects import tagged_for
 from scim_operator.policies import GroupEntry, Policy
 from scim_operator.state import UserEntry, View
-from scim_operator.team_reads import TeamListing
+from scim_operator.team_reads import DriftPages, TeamListing
 from scim_operator.user_policies import UserPolicy
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,13 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         max_age=lambda: float(op.settings.drift_interval),
     )
 
+    # The group drift sweep follows the same pages, and each check takes its team's row from them.
+    drift_pages = DriftPages(
+        lambda number: op.litellm.team_page(number, background=True),
+        team_of=op.memory.teams.ids.get,
+        max_age=lambda: float(op.settings.drift_interval),
+    )
+
     key_times = drift_sweep.Timetable(op.activity, key_check, exists=lambda name: op.resources.known(GROUP, name),
                                       idle=op.jittered_drift_interval, kind="group keys")
 
@@ -89,7 +96,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         async def group(name: str) -> None:
             body = op.resources.latest(GROUP, name)
             if body is not None:
-                await groups.check_drift(op, view(kw), body)
+                await groups.check_drift(op, view(kw), body, listed=drift_pages.take)
 
         def interval() -> float:
             return float(op.settings.drift_interval)
@@ -97,7 +104,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         sweeps.append(asyncio.create_task(drift_sweep.sweep(
             op.activity, interval, lambda: kw["user_index"].keys(), user, kind="user")))
         sweeps.append(asyncio.create_task(drift_sweep.sweep(
-            op.activity, interval, lambda: kw["group_index"].keys(), group, kind="group")))
+            op.activity, interval, lambda: kw["group_index"].keys(), group, kind="group", walk=drift_pages.walk)))
         sweeps.append(asyncio.create_task(key_times.run()))
 
     @kopf.on.cleanup(id="drift-sweeps", registry=registry)

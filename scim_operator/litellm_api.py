@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 _TRANSIENT = {0, 408, 425, 429}
 
 
+# How a one-team read of /v2/team/list shows in the metrics, apart from the pages of teams.
+TEAM_ROW = "/v2/team/list?team_id"
+
+
 class LiteLLMError(Exception):
     """A LiteLLM admin API call failed. ``status`` is 0 when no HTTP answer arrived at all."""
 
@@ -162,6 +166,7 @@ class LiteLLM:
         body: dict[str, Any] | None = None,
         urgent: bool = False,
         background: bool = False,
+        label: str | None = None,
     ) -> Any:
         """One admin API call. ``urgent``: it takes access away (lists or blocks a user's keys, deletes
         keys, users or memberships). Urgent calls go first when calls queue up: a deactivation during
@@ -170,8 +175,9 @@ class LiteLLM:
         it causes cost LiteLLM more than the overlap saves.) ``background``: a drift read, served after
         everything else and at most a quarter of the slots at once, so periodic checks of a large
         directory never hold back a reconcile, nor load the proxy while member additions (which hold
-        few slots of their own) run."""
-        endpoint = path
+        few slots of their own) run. ``label``: the call's ``endpoint`` in the metrics and errors, when
+        the path alone does not tell what was asked (a page of teams or one team's row)."""
+        endpoint = label or path
         status_label = "error"
         share = self._background_limit if background else contextlib.nullcontext()
         async with share, self._limit.slot(0 if urgent else 2 if background else 1):
@@ -296,26 +302,29 @@ class LiteLLM:
         info = data.get("team_info") if isinstance(data, dict) else None
         return info if isinstance(info, dict) else None
 
-    async def team_page(self, page: int) -> tuple[list[dict[str, Any]], int]:
+    async def team_page(self, page: int, *, background: bool = False) -> tuple[list[dict[str, Any]], int]:
         """(teams, how many teams LiteLLM holds) of one ``/v2/team/list`` page of 100, in team_id
         order. Each row is the team's record as ``/team/info`` gives it, without the tables joined
         to it (the member budget, the object permissions)."""
         return await self._team_list({"page": str(page), "page_size": str(TEAM_PAGE), "sort_by": "team_id",
-                                      "sort_order": "asc"})
+                                      "sort_order": "asc"}, background=background)
 
     async def team_row(self, team_id: str, *, background: bool = False) -> dict[str, Any] | None:
         """The team's row as :meth:`team_page` lists it, or None when LiteLLM has no such team. Unlike
         ``/team/info`` it does not read the team's memberships and keys from their tables, which
         took LiteLLM 0.4-0.8 s per call at 100,000 users."""
-        rows, _ = await self._team_list({"team_id": team_id, "page_size": "1"}, background=background)
+        rows, _ = await self._team_list({"team_id": team_id, "page_size": "1"}, background=background,
+                                        label=TEAM_ROW)
         return next((r for r in rows if r.get("team_id") == team_id), None)
 
-    async def _team_list(self, params: dict[str, str], *, background: bool = False) -> tuple[list[dict[str, Any]], int]:
-        data = await self.call("GET", "/v2/team/list", params=params, background=background)
+    async def _team_list(
+        self, params: dict[str, str], *, background: bool = False, label: str | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        data = await self.call("GET", "/v2/team/list", params=params, background=background, label=label)
         rows = data.get("teams") if isinstance(data, dict) else None
         total = data.get("total") if isinstance(data, dict) else None
         if not isinstance(rows, list) or not isinstance(total, int):
-            raise LiteLLMError(200, "unexpected /v2/team/list answer", endpoint="/v2/team/list")
+            raise LiteLLMError(200, "unexpected /v2/team/list answer", endpoint=label or "/v2/team/list")
         return [row for row in rows if isinstance(row, dict)], total
 
     async def team_new(self, body: dict[str, Any]) -> None:

@@ -1,5 +1,5 @@
-"""LiteLLM's teams read for a restart in pages of 100 (``/v2/team/list``), not one ``/team/info``
-per ScimGroup.
+"""LiteLLM's teams read in pages of 100 (``/v2/team/list``), not one read per ScimGroup: for a
+restart's resumes (``TeamListing``) and for the group drift sweep (``DriftPages``).
 
 A restart resumes every group, and each compares its team with LiteLLM. At 100,000 users and
 10,000 groups LiteLLM answered ``/team/info`` in 0.4-0.8 s: one read per team took about 11
@@ -19,7 +19,14 @@ What keeps a listed row as good as a read of its own:
   asks ``policies.listed_row_suffices`` first);
 - only rows tagged for this namespace are kept, and the listing is not made when it would take more
   calls than reading each group's team (LiteLLM holding more than 100 teams per group of the
-  namespace), nor for fewer than ``MIN_GROUPS`` groups."""
+  namespace), nor for fewer than ``MIN_GROUPS`` groups.
+
+A drift pass checks every group once per drift interval. Read one by one, at 100,000 users that is
+33 team reads a second, all the time; in pages, 0.33. ``DriftPages.walk`` orders a pass by the pages:
+it reads a page when the pass reaches it, hands the pass the groups whose teams it lists, then
+the groups no page listed (their checks read directly). A row serves the check it was read for
+only, and only while younger than a quarter of the interval; what a check finds in a row it
+confirms with ``/team/info`` before reporting or correcting anything, as with its own read."""
 
 from __future__ import annotations
 
@@ -28,7 +35,8 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -107,13 +115,7 @@ class TeamListing:
         for row in rows:
             team_id = row.get("team_id")
             if isinstance(team_id, str) and self._keep(row):
-                # Of a member, the comparisons read the id and the role: a 50,000-member team's row
-                # may wait here a while, without its members' emails.
-                members = row.get("members_with_roles")
-                if isinstance(members, list):
-                    row["members_with_roles"] = [
-                        {"user_id": m.get("user_id"), "role": m.get("role")} for m in members if isinstance(m, dict)]
-                self._rows[team_id] = row
+                self._rows[team_id] = _compact(row)
         self._progress.set()
 
     def __len__(self) -> int:
@@ -127,3 +129,96 @@ class TeamListing:
         self._task = None
         self._listing = False
         self._rows.clear()
+
+
+def _compact(row: dict[str, Any]) -> dict[str, Any]:
+    """Of a member, the comparisons read the id and the role: a 50,000-member team's row may wait a
+    while, without its members' emails."""
+    members = row.get("members_with_roles")
+    if isinstance(members, list):
+        row["members_with_roles"] = [
+            {"user_id": m.get("user_id"), "role": m.get("role")} for m in members if isinstance(m, dict)]
+    return row
+
+
+class DriftPages:
+    """The group drift sweep's order and rows: ``walk(names)`` for the sweep, ``take(team_id)`` for
+    the check of the group it just handed out."""
+
+    def __init__(
+        self,
+        page: Page,
+        *,
+        team_of: Callable[[str], str | None],
+        max_age: Callable[[], float],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._page = page
+        self._team_of = team_of  # a group's team, as this operator created or adopted it
+        self._max_age = max_age
+        self._clock = clock
+        self._rows: dict[str, tuple[float, dict[str, Any]]] = {}
+        # The team ids of the pages held: a page's rows not taken go when the page after next arrives.
+        self._pages: deque[list[str]] = deque()
+
+    async def walk(self, names: list[str]) -> AsyncGenerator[str, None]:
+        """Every one of ``names`` once: first in the order of LiteLLM's pages, then those no page listed."""
+        self._drop()
+        teams = {team: name for name in names if (team := self._team_of(name))}
+        done: set[str] = set()
+        if len(teams) >= MIN_GROUPS:
+            first = await self._fetch(1)
+            pages = 0 if first is None else math.ceil(first[1] / PAGE)
+            if pages > len(teams):
+                log.debug("group drift reads teams one by one: LiteLLM holds more teams than the "
+                          "namespace has groups to list them for", extra={"fields": {"teams": first and first[1]}})
+                pages = 0
+            listed = first
+            for number in range(1, pages + 1):
+                if number > 1:
+                    listed = await self._fetch(number)
+                if listed is None:
+                    break  # a failed page: the rest are read one by one
+                for name in self._hold(listed[0], teams, done):
+                    done.add(name)
+                    yield name
+        for name in names:
+            if name not in done:
+                yield name
+
+    def take(self, team_id: str) -> dict[str, Any] | None:
+        """The team's listed row when a page held it and it is fresh enough, once; else None."""
+        entry = self._rows.pop(team_id, None)
+        if entry is None or self._clock() - entry[0] > self._max_age() / 4:
+            return None
+        return entry[1]
+
+    async def _fetch(self, number: int) -> tuple[list[dict[str, Any]], int] | None:
+        try:
+            return await self._page(number)
+        except Exception as exc:
+            log.warning("team page failed; the group drift checks read their teams one by one",
+                        extra={"fields": {"page": number, "error": f"{type(exc).__name__}: {exc}"}})
+            return None
+
+    def _hold(self, rows: list[dict[str, Any]], teams: dict[str, str], done: set[str]) -> list[str]:
+        now = self._clock()
+        held: list[str] = []
+        for row in rows:
+            team_id = row.get("team_id")
+            name = teams.get(team_id) if isinstance(team_id, str) else None
+            if name is not None and name not in done and team_id is not None:
+                self._rows[team_id] = (now, _compact(row))
+                held.append(team_id)
+        self._pages.append(held)
+        while len(self._pages) > 2:
+            for team_id in self._pages.popleft():
+                self._rows.pop(team_id, None)
+        return [teams[t] for t in held]
+
+    def _drop(self) -> None:
+        self._rows.clear()
+        self._pages.clear()
+
+    def __len__(self) -> int:
+        return len(self._rows)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
@@ -68,6 +69,24 @@ async def test_a_failing_check_does_not_end_the_sweep() -> None:
     checks = _Checks(fail={"u1"})
     await _run_for(0.88, Activity(), lambda: 0.3, lambda: ["u0", "u1", "u2"], checks, kind="user")
     assert [n for _, n in checks.seen] == ["u0", "u1", "u2", "u0", "u1", "u2"]
+
+
+async def test_a_pass_may_follow_another_order_and_each_pass_asks_for_it_again() -> None:
+    checks = _Checks()
+    walks: list[list[str]] = []
+    closed: list[bool] = []
+
+    async def backwards(names: list[str]) -> AsyncGenerator[str, None]:
+        walks.append(names)
+        try:
+            for name in reversed(names):
+                yield name
+        finally:
+            closed.append(True)
+
+    await _run_for(0.88, Activity(), lambda: 0.3, lambda: ["u1", "u0", "u2"], checks, kind="group", walk=backwards)
+    assert [n for _, n in checks.seen] == ["u2", "u1", "u0", "u2", "u1", "u0"]
+    assert walks == [["u0", "u1", "u2"]] * 2 and closed == [True, True]
 
 
 async def test_checks_in_flight_are_bounded_and_cancelled_with_the_sweep() -> None:

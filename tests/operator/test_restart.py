@@ -14,7 +14,7 @@ import scim_contract as c
 pytestmark = [pytest.mark.litellm, pytest.mark.slow]
 
 CALLS = "litellm_scim_operator_litellm_calls_total"
-READS = {"/user/info", "/team/info", "/key/list", "/v2/team/list"}
+READS = {"/user/info", "/team/info", "/key/list", "/v2/team/list", "/v2/team/list?team_id"}
 
 
 def calls(operator: OperatorProcess) -> dict[str, int]:
@@ -74,7 +74,8 @@ async def test_restart_on_converged_resources_makes_no_litellm_write_and_one_rea
     await eventually(groups_resumed, within=60, what="every group resumed")
     made = calls(second)
     assert {e for e in made if e not in READS} == set(), f"a restart on converged resources wrote: {made}"
-    assert made.get("/team/info", 0) + made.get("/v2/team/list", 0) <= len(groups) + 1, made
+    assert made.get("/team/info", 0) + made.get("/v2/team/list", 0) + made.get("/v2/team/list?team_id", 0) \
+        <= len(groups) + 1, made
     if listed:  # every team came from pages of 100 (team_reads), none from a read of its own
         assert made.get("/team/info", 0) == 0 and made["/v2/team/list"] == -(-page["total"] // 100), made
     assert made.get("/user/info", 0) == 0, made
@@ -94,6 +95,45 @@ async def test_restart_on_converged_resources_makes_no_litellm_write_and_one_rea
         return user if user and user["user_alias"] == "Renamed While Down" else None
 
     await eventually(renamed, within=60, what="the change made while down applied")
+
+
+async def _aliases(admin: Admin, teams: list[str]) -> list[str]:
+    return [(await admin.team(t) or {}).get("team_alias", "") for t in teams]
+
+
+async def test_group_drift_checks_follow_the_pages_of_teams_and_correct_every_team(
+    start_operator: Callable[..., OperatorProcess], kube_rw: Kube, admin: Admin, ids: Callable[[str], str],
+) -> None:
+    # As many groups as the drift pass reads the teams in pages for (team_reads.MIN_GROUPS).
+    groups = [ids(f"dg{j}") for j in range(10)]
+    for j, group in enumerate(groups):
+        await kube_rw.create(c.GROUP, group, {"displayName": f"Drift {j}"})
+    operator = start_operator(drift_interval="3")
+    synced = await eventually(lambda: _all_synced(kube_rw, c.GROUP, groups), within=60, what="groups synced")
+    teams = [o["status"]["litellm"]["teamId"] for o in synced]
+    status, page = await admin.get("/v2/team/list", page="1", page_size="1")
+    assert status == 200, page
+    paged = page["total"] <= 100 * len(groups)
+    before = calls(operator)
+
+    # Every team renamed by hand: some are compared from a page's rows, the others read one by one.
+    for team in teams:
+        assert (await admin.post("/team/update", {"team_id": team, "team_alias": "Renamed by hand"}))[0] == 200
+
+    async def restored() -> list[str] | None:
+        aliases = await _aliases(admin, teams)
+        return aliases if aliases == [f"Drift {j}" for j in range(len(groups))] else None
+
+    await eventually(restored, within=30, what="every team's alias corrected by the drift checks")
+    for group in groups:
+        cond = await kube_rw.condition(c.GROUP, group, "Drifted")
+        assert cond is not None and cond["reason"] == "Corrected" and "Renamed by hand" in cond["message"], cond
+    made = calls(operator)
+    if paged:  # the passes read pages of teams; rows only for checks a page no longer serves fresh
+        assert made.get("/v2/team/list", 0) > before.get("/v2/team/list", 0), made
+    else:  # LiteLLM holds too many teams for pages to pay: each check reads its team's row
+        assert made.get("/v2/team/list", 0) == before.get("/v2/team/list", 0), made
+        assert made.get("/v2/team/list?team_id", 0) >= before.get("/v2/team/list?team_id", 0) + len(groups), made
 
 
 async def _members(admin: Admin, team: str, expected: list[str]) -> list[str] | None:

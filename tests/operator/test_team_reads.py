@@ -1,12 +1,13 @@
-"""A restart's listing of LiteLLM teams: each row handed once, never stale, never a reason to skip
-a read (the real proxy's rows: ``test_litellm_api``)."""
+"""LiteLLM's teams in pages: a restart's listing and the group drift pass. Each row handed once,
+never stale, never a reason to skip a read or a group (the real proxy's rows: ``test_litellm_api``;
+the drift checks on a converged directory: ``test_restart``)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from scim_operator.team_reads import MIN_GROUPS, PAGE, TeamListing
+from scim_operator.team_reads import MIN_GROUPS, PAGE, DriftPages, TeamListing
 
 
 class Pages:
@@ -100,3 +101,55 @@ async def test_a_failed_page_leaves_the_rows_read_so_far_and_the_rest_read_direc
     assert (await listing.take("t010") or {}).get("team_id") == "t010"
     await listing.close()
     assert len(listing) == 0
+
+
+def _drift(pages: Pages, clock: Clock | None = None, interval: float = 300.0) -> DriftPages:
+    # Group g-<team> owns team <team>; other teams belong to no group of the namespace.
+    return DriftPages(pages, team_of=lambda name: name.removeprefix("g-"), max_age=lambda: interval,
+                      clock=clock or Clock())
+
+
+async def test_a_drift_pass_follows_the_pages_and_reads_each_page_when_it_gets_there() -> None:
+    teams = [f"t{i:03d}" for i in range(250)]
+    pages = Pages([*teams, "x-other"])  # sorted last: page 1 holds t000-t099
+    drift = _drift(pages)
+    # Groups in another order than LiteLLM's; one whose team LiteLLM lost (deleted by hand).
+    names = [f"g-{t}" for t in reversed(teams)] + ["g-t999"]
+    walk = drift.walk(names)
+    first = [await anext(walk) for _ in range(PAGE)]
+    assert first == [f"g-{t}" for t in teams[:PAGE]] and pages.calls == [1]
+    assert (drift.take("t000") or {}).get("team_id") == "t000"
+    assert drift.take("t000") is None  # once
+    rest = [name async for name in walk]
+    assert pages.calls == [1, 2, 3]
+    assert rest == [f"g-{t}" for t in teams[PAGE:]] + ["g-t999"]  # unlisted last: read directly
+    assert drift.take("t999") is None
+    # At most two pages of rows wait for their checks: not the whole directory.
+    assert len(drift) <= 2 * PAGE
+
+
+async def test_a_drift_row_serves_only_while_fresh() -> None:
+    clock = Clock()
+    pages = Pages([f"t{i:03d}" for i in range(20)])
+    drift = _drift(pages, clock, interval=300)
+    walk = drift.walk([f"g-t{i:03d}" for i in range(20)])
+    assert await anext(walk) == "g-t000"
+    clock.now += 74
+    assert drift.take("t000") is not None
+    clock.now += 2  # 76 s: older than a quarter of the interval
+    assert drift.take("t001") is None
+    await walk.aclose()
+
+
+async def test_a_drift_pass_reads_one_by_one_when_pages_do_not_pay_or_fail() -> None:
+    names = [f"g-t{i:04d}" for i in range(11)]
+    crowded = Pages([f"t{i:04d}" for i in range(1200)])  # 12 pages for 11 groups
+    drift = _drift(crowded)
+    assert [n async for n in drift.walk(names)] == names
+    assert crowded.calls == [1] and drift.take("t0001") is None
+    few = Pages(["t0001"])
+    assert [n async for n in _drift(few).walk(names[:MIN_GROUPS - 1])] == names[:MIN_GROUPS - 1]
+    assert few.calls == []
+    failing = Pages([f"t{i:04d}" for i in range(150)], fail_at=2)
+    many = [f"g-t{i:04d}" for i in range(150)]
+    assert sorted([n async for n in _drift(failing).walk(many)]) == many  # every group still checked once
