@@ -405,7 +405,11 @@ async def run(args: argparse.Namespace, n_users: int, n_groups: int) -> dict[str
                 os.environ["PYTHONPATH"] = os.pathsep.join(
                     [str(Path(__file__).parent / "memory_site"), os.environ.get("PYTHONPATH", "")])
                 os.environ["SCIM_BENCH_MEMORY_REPORT"] = str(report)
-                result["memory_profile"] = True  # traced: the timings of this run mean nothing
+                os.environ["SCIM_BENCH_TRACE_FRAMES"] = str(args.trace_frames)
+                result["memory_profile"] = {"trace_frames": args.trace_frames}
+            if args.pymalloc_off:
+                os.environ["PYTHONMALLOC"] = "malloc"
+                result["pythonmalloc"] = "malloc"
             started = time.monotonic()
             operator.start(timeout=300)
             restart = await until_idle(operator, started, limit=args.idle_limit, groups=n_groups)
@@ -481,8 +485,12 @@ def cli() -> int:
                         help="seconds to wait for the restarted operator to become idle")
     parser.add_argument("--label", default="", help="suffix of the result file")
     parser.add_argument("--memory-profile", action="store_true",
-                        help="trace the operator's allocations and report its live memory by owner once "
-                             "idle (much slower: this run's timings mean nothing)")
+                        help="once idle, report the operator's live objects by type")
+    parser.add_argument("--pymalloc-off", action="store_true",
+                        help="run the operator with PYTHONMALLOC=malloc (glibc's allocator for everything)")
+    parser.add_argument("--trace-frames", type=int, default=0,
+                        help="with --memory-profile: also trace every allocation with this many frames and "
+                             "report live memory by owner (many times slower: the run's timings mean nothing)")
     args = parser.parse_args()
     each_size(args, run, table, "operator_scale", args.label)
     return 0

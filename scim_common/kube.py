@@ -12,13 +12,17 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 
-async def api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    """An API client from an explicit kubeconfig, the in-cluster service account, or $KUBECONFIG."""
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return client.ApiClient()
+async def api_client(kubeconfig: str | None = None, *, connections: int | None = None) -> client.ApiClient:
+    """An API client from an explicit kubeconfig, the in-cluster service account, or $KUBECONFIG.
+    ``connections``: the most it keeps open to the API server (kubernetes_asyncio's default, 100,
+    when None); each open watch holds one."""
     cfg = client.Configuration()
-    await config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    else:
+        await config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    if connections is not None:
+        cfg.connection_pool_maxsize = connections
     return client.ApiClient(configuration=cfg)
 
 

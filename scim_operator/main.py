@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 
 # Kopf's bookkeeping annotations live under the operator's own prefix, next to the endpoint's.
 ANNOTATION_PREFIX = f"operator.{API_GROUP}"
+# The most connections our API client (status writes, Secrets, reads) keeps open; Kopf's watches
+# have their own. Each open TLS connection holds about 0.3 MB of buffers: a restart resuming
+# thousands of resources opened all 100 the client allows by default, and the process kept that
+# peak (20 MiB of RSS at 10,000 users). 16 calls in flight are as fast against the API server.
+API_CONNECTIONS = 16
 
 
 class ConfigurationError(Exception):
@@ -103,7 +108,7 @@ async def operate(settings: OperatorSettings, *, stop_flag: Any = None, ready_fl
     if settings.kubeconfig:
         # Kopf's own login (via kubernetes_asyncio) reads the kubeconfig from the environment.
         os.environ["KUBECONFIG"] = settings.kubeconfig
-    api = await kube.api_client(settings.kubeconfig)
+    api = await kube.api_client(settings.kubeconfig, connections=API_CONNECTIONS)
     secrets = Secrets(api, settings.namespace)
     litellm: LiteLLM | None = None
     try:
