@@ -398,6 +398,10 @@ def _team_findings(
     if "role" not in refused:
         findings += _role_differences(view, policy, info, desired, current)
     missing, extra = membership_differences(desired, current)
+    # A change the shard handler is applying (a burst of additions queues them) is not drift: it
+    # would cost a confirming read and a correction racing the handler's own call.
+    busy = view.unapplied_members(name)
+    missing, extra = [m for m in missing if m not in busy], [m for m in extra if m not in busy]
     findings += [f"member {desired[m]} missing from team" for m in missing[:20]]
     findings += [f"member {view.display(m)} in team but not in the group" for m in extra[:20]]
     hidden = len(missing) + len(extra) - min(20, len(missing)) - min(20, len(extra))

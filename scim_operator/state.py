@@ -199,6 +199,16 @@ class View:
         ids, _ = self.group_member_ids(group)
         return {self.memory.users.id_of(n): self.display(n) for n in ids if self.user_ready(n)}
 
+    def unapplied_members(self, group: str) -> set[str]:
+        """LiteLLM user_ids whose joining or leaving the group's team the shard handler has not
+        applied yet (a shard changed since it last applied it, or it has not seen the shard yet)."""
+        out: set[str] = set()
+        for shard, shard_users, _nested in self.shards.get(group) or ():
+            applied = self.memory.members.applied_shards.get(shard)
+            changed = set(shard_users) if applied is None else set(shard_users) ^ applied
+            out.update(self.memory.users.id_of(n) for n in changed)
+        return out
+
     def groups_of(self, name: str) -> list[str]:
         return sorted(set(self.member_groups.get(name) or ()))
 
