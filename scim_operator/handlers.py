@@ -76,6 +76,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         lambda number: op.litellm.team_page(number, background=True),
         team_of=op.memory.teams.ids.get,
         max_age=lambda: float(op.settings.drift_interval),
+        written_since=op.litellm.written_since,
     )
 
     key_times = drift_sweep.Timetable(op.activity, key_check, exists=lambda name: op.resources.known(GROUP, name),

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 # Anything at or above this status (and connection problems, reported as status 0) is worth retrying.
 _TRANSIENT = {0, 408, 425, 429}
 
+
+# Calls that change what a team's row shows.
+_TEAM_WRITES = frozenset({"/team/new", "/team/update", "/team/delete", "/team/member_add",
+                          "/team/member_delete", "/team/member_update"})
 
 # How a one-team read of /v2/team/list shows in the metrics, apart from the pages of teams.
 TEAM_ROW = "/v2/team/list?team_id"
@@ -134,6 +139,13 @@ class LiteLLM:
         self._background_limit = asyncio.Semaphore(member_add_slots(concurrency))
         self._session: aiohttp.ClientSession | None = None
         self._user_reads = UserReads(self.users_by_id)
+        # team_id -> when (time.monotonic) the last write to the team ended: a team row asked for
+        # before then may not show it (``written_since``). One float per team the operator wrote.
+        self._team_writes: dict[str, float] = {}
+
+    def written_since(self, team_id: str, when: float) -> bool:
+        """Whether a write to the team ended at or after ``when`` (time.monotonic)."""
+        return self._team_writes.get(team_id, -math.inf) >= when
 
     def __repr__(self) -> str:
         return f"LiteLLM(url={self._url!r})"
@@ -202,6 +214,11 @@ class LiteLLM:
                 )
                 raise LiteLLMError(0, f"LiteLLM unreachable: {reason}", endpoint=endpoint) from None
             finally:
+                if path in _TEAM_WRITES and body is not None:
+                    # When it ended, answered or not: a page asked for before then may miss it.
+                    for team_id in body.get("team_ids") or [body.get("team_id")]:
+                        if isinstance(team_id, str):
+                            self._team_writes[team_id] = time.monotonic()
                 elapsed = time.perf_counter() - started
                 metrics.LITELLM_CALLS.labels(endpoint, status_label).inc()
                 metrics.LITELLM_LATENCY.labels(endpoint).observe(elapsed)

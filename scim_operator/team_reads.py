@@ -151,10 +151,12 @@ class DriftPages:
         *,
         team_of: Callable[[str], str | None],
         max_age: Callable[[], float],
+        written_since: Callable[[str, float], bool] = lambda _team, _when: False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._page = page
         self._team_of = team_of  # a group's team, as this operator created or adopted it
+        self._written_since = written_since  # (team, time of the page) -> did we write it since?
         self._max_age = max_age
         self._clock = clock
         self._rows: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -167,6 +169,7 @@ class DriftPages:
         teams = {team: name for name in names if (team := self._team_of(name))}
         done: set[str] = set()
         if len(teams) >= MIN_GROUPS:
+            asked = self._clock()
             first = await self._fetch(1)
             pages = 0 if first is None else math.ceil(first[1] / PAGE)
             if pages > len(teams):
@@ -176,10 +179,11 @@ class DriftPages:
             listed = first
             for number in range(1, pages + 1):
                 if number > 1:
+                    asked = self._clock()
                     listed = await self._fetch(number)
                 if listed is None:
                     break  # a failed page: the rest are read one by one
-                for name in self._hold(listed[0], teams, done):
+                for name in self._hold(listed[0], teams, done, asked):
                     done.add(name)
                     yield name
         for name in names:
@@ -187,9 +191,13 @@ class DriftPages:
                 yield name
 
     def take(self, team_id: str) -> dict[str, Any] | None:
-        """The team's listed row when a page held it and it is fresh enough, once; else None."""
+        """The team's listed row when a page held it and it is fresh enough, once; else None. A row
+        read before a write of ours to the team (a member added meanwhile) is not: it would show a
+        difference that a confirming read then has to clear."""
         entry = self._rows.pop(team_id, None)
         if entry is None or self._clock() - entry[0] > self._max_age() / 4:
+            return None
+        if self._written_since(team_id, entry[0]):
             return None
         return entry[1]
 
@@ -201,8 +209,8 @@ class DriftPages:
                         extra={"fields": {"page": number, "error": f"{type(exc).__name__}: {exc}"}})
             return None
 
-    def _hold(self, rows: list[dict[str, Any]], teams: dict[str, str], done: set[str]) -> list[str]:
-        now = self._clock()
+    def _hold(self, rows: list[dict[str, Any]], teams: dict[str, str], done: set[str], asked: float) -> list[str]:
+        now = asked  # when the page was asked for: a write sent after that may be missing from it
         held: list[str] = []
         for row in rows:
             team_id = row.get("team_id")

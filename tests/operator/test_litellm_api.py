@@ -5,6 +5,7 @@ against the real proxy below, so the parser cannot drift from what LiteLLM reall
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -142,6 +143,24 @@ async def test_real_proxy_errors_parse_as_pinned(api: LiteLLM, litellm: peers.Li
     assert await api.team_delete(team) is True
     assert await api.user_delete(uid) is True
     assert await api.user_delete(uid) is False
+
+
+@pytest.mark.litellm
+async def test_the_client_knows_which_teams_it_wrote_since_a_moment(api: LiteLLM) -> None:
+    uid = f"api-{uuid.uuid4().hex[:8]}"
+    team, other = f"team-{uid}", f"other-{uid}"
+    await api.user_new({"user_id": uid})
+    await api.team_new({"team_id": team, "team_alias": "Written"})
+    before = time.monotonic()
+    assert not api.written_since(team, before) and not api.written_since(other, 0.0)
+    await api.member_add(team, [uid])
+    assert api.written_since(team, before) and not api.written_since(team, time.monotonic())
+    await api.team_row(team)  # a read is no write
+    after = time.monotonic()
+    assert not api.written_since(team, after)
+    assert await api.team_delete(team) is True
+    assert api.written_since(team, after)
+    assert await api.user_delete(uid) is True
 
 
 @pytest.mark.litellm

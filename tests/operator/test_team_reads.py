@@ -141,6 +141,21 @@ async def test_a_drift_row_serves_only_while_fresh() -> None:
     await walk.aclose()
 
 
+async def test_a_drift_row_asked_for_before_a_write_of_ours_to_its_team_is_not_used() -> None:
+    clock = Clock()
+    written: dict[str, float] = {}
+    pages = Pages([f"t{i:03d}" for i in range(20)])
+    drift = DriftPages(pages, team_of=lambda name: name.removeprefix("g-"), max_age=lambda: 300.0,
+                       written_since=lambda team, when: written.get(team, -1.0) >= when, clock=clock)
+    walk = drift.walk([f"g-t{i:03d}" for i in range(20)])
+    assert await anext(walk) == "g-t000"
+    written["t001"] = clock.now + 1  # a member added after the page was asked for
+    written["t002"] = clock.now - 1  # one that ended before
+    assert drift.take("t001") is None  # the check reads the team itself
+    assert (drift.take("t002") or {}).get("team_id") == "t002"
+    await walk.aclose()
+
+
 async def test_a_drift_pass_reads_one_by_one_when_pages_do_not_pay_or_fail() -> None:
     names = [f"g-t{i:04d}" for i in range(11)]
     crowded = Pages([f"t{i:04d}" for i in range(1200)])  # 12 pages for 11 groups
