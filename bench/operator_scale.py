@@ -82,6 +82,8 @@ from operator_helpers import OperatorProcess, metric_sum  # noqa: E402
 
 CALLS = "litellm_scim_operator_litellm_calls_total"
 RECONCILES = "litellm_scim_operator_reconciles_total"
+BURST_METRICS = ("litellm_scim_operator_drift_found_total", "litellm_scim_operator_drift_corrected_total",
+                 RECONCILES)
 READS = ("/user/info", "/team/info", "/key/list", "/user/list", "/v2/team/list", "/v2/team/list?team_id")
 TAG = OperatorSettings.model_fields["owner_tag"].default
 PGPORT = os.environ.get("LITELLM_PEER_PGPORT", "55432")
@@ -428,10 +430,16 @@ async def run(args: argparse.Namespace, n_users: int, n_groups: int) -> dict[str
                 # user is checked once per interval, and the burst has to share LiteLLM with that.
                 burst_at = args.drift_interval * 1.2 if args.burst_at is None else args.burst_at
                 await asyncio.sleep(max(0.0, started + burst_at - time.monotonic()))
-                before = calls_by_endpoint(operator.metrics())
+                text = operator.metrics()
+                before = calls_by_endpoint(text)
+                counted = {m: metric_sum(text, m) for m in BURST_METRICS}
                 result["burst"] = await burst(api, ns, proxy, names, uids, contents, args.burst, rng)
-                after = calls_by_endpoint(operator.metrics())
+                text = operator.metrics()
+                after = calls_by_endpoint(text)
                 result["burst"]["calls"] = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+                # What else the operator did meanwhile: drift found and corrected, reconciles.
+                result["burst"]["counted"] = {m.removeprefix("litellm_scim_operator_"): metric_sum(text, m) - n
+                                              for m, n in counted.items()}
                 result["burst"]["started_after_seconds"] = round(burst_at)
                 result["burst"]["rss_mib_after"] = round(rss_mib(operator.proc.pid), 1) if operator.proc else None
                 operator.stop()
