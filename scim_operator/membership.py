@@ -302,6 +302,10 @@ async def _flush_joins(op: Operator, view: View, group: str, team_id: str) -> No
                     op.memory.members.pending_joins.setdefault(group, set()).update(batch)
                     attempt += 1
                     metrics.FAILURES.labels("membership", failure_reason(exc)).inc()
+                    log.warning(
+                        "members not joined yet; retrying",
+                        extra={"fields": {"group": group, "members": len(batch), "error": str(exc)}},
+                    )
                     await op.resources.update_status(GROUP, group, failed_status(failure_reason(exc), str(exc)))
                     verify_soon(op, view, group, team_id)
                     continue

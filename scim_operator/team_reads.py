@@ -25,7 +25,8 @@ A drift pass checks every group once per drift interval. Read one by one, at 100
 33 team reads a second, all the time; in pages, 0.33. ``DriftPages.walk`` orders a pass by the pages:
 it reads a page when the pass reaches it, hands the pass the groups whose teams it lists, then
 the groups no page listed (their checks read directly). A row serves the check it was read for
-only, and only while younger than a quarter of the interval; what a check finds in a row it
+only, only while younger than a quarter of the interval, and not when the operator wrote to the
+team after the page was asked for (a member added meanwhile); what a check finds in a row it
 confirms with ``/team/info`` before reporting or correcting anything, as with its own read."""
 
 from __future__ import annotations
@@ -210,7 +211,7 @@ class DriftPages:
             return None
 
     def _hold(self, rows: list[dict[str, Any]], teams: dict[str, str], done: set[str], asked: float) -> list[str]:
-        now = asked  # when the page was asked for: a write sent after that may be missing from it
+        now = asked  # when the page was asked for: a write that ended after that may be missing from it
         held: list[str] = []
         for row in rows:
             team_id = row.get("team_id")
